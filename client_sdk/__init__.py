@@ -1,0 +1,1 @@
+"""Device-side SDK of the sync gateway (durable outbox, resumable subscriptions)."""

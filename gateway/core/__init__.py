@@ -1,0 +1,1 @@
+"""Sans-I/O core: pure decisions and data, no asyncio, network or database library."""
