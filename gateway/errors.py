@@ -1,0 +1,76 @@
+"""The gateway's one error tree. Third-party errors are translated at the adapter boundary
+(``raise StoreUnavailable(...) from exc``) so that flows only ever see these::
+
+    GatewayError
+    ├── RequestError              the client's request is refused as a whole; nothing is acked
+    │   ├── MalformedBody           400: body is not valid JSON / msgpack, or not {"events": [...]}
+    │   ├── BodyTooLarge            413: body over max_body_bytes (refused before it is read whole)
+    │   ├── BatchTooLarge           413: more events than max_batch_events
+    │   └── UnsupportedMediaType    415: neither application/json nor application/msgpack
+    ├── StoreError
+    │   ├── StoreUnavailable        retriable: disk full, I/O error, closing (503 + Retry-After)
+    │   └── StoreCorrupt            not retriable: the database fails its integrity check
+    ├── SchemaRegistryError       a schema file or directory is malformed (at start-up)
+    └── ConfigError               the configuration cannot work
+
+``retriable`` tells a caller whether the same request may succeed later unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    retriable: ClassVar[bool] = False
+
+
+class RequestError(GatewayError):
+    """A request refused as a whole, with an HTTP status and a machine-readable code."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+
+
+class MalformedBody(RequestError):
+    status = 400
+    code = "malformed_body"
+
+
+class BodyTooLarge(RequestError):
+    status = 413
+    code = "body_too_large"
+
+
+class BatchTooLarge(RequestError):
+    status = 413
+    code = "batch_too_large"
+
+
+class UnsupportedMediaType(RequestError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class StoreError(GatewayError):
+    """The local store could not do what was asked."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot commit now (disk full, I/O error, closing); try again later."""
+
+    retriable = True
+
+
+class StoreCorrupt(StoreError):
+    """The store's database is damaged; the gateway refuses to use it."""
+
+
+class SchemaRegistryError(GatewayError):
+    """A schema file or directory under the schema root is malformed."""
+
+
+class ConfigError(GatewayError):
+    """The configuration cannot work (e.g. a missing directory or key)."""

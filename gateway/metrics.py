@@ -1,0 +1,90 @@
+"""Prometheus metrics of one gateway instance, on a registry of its own (no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class GatewayMetrics:
+    """Every metric the gateway exports on ``GET /metrics``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "sync_gateway_ingest_events",
+            "Events received, by outcome (accepted, duplicate, rejected).",
+            ["outcome"],
+            registry=r,
+        )
+        self.requests_refused = Counter(
+            "sync_gateway_ingest_requests_refused",
+            "Ingest requests refused as a whole, by error code.",
+            ["code"],
+            registry=r,
+        )
+        self.ack_latency = Histogram(
+            "sync_gateway_ingest_ack_seconds",
+            "From request body read to durable ack.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commit_group_events = Histogram(
+            "sync_gateway_store_commit_group_events",
+            "Events per group commit of the local store.",
+            buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000),
+            registry=r,
+        )
+        self.backlog_events = Gauge(
+            "sync_gateway_backlog_events",
+            "Stored events not yet forwarded to Kafka.",
+            registry=r,
+        )
+        self.backlog_age = Gauge(
+            "sync_gateway_backlog_oldest_age_seconds",
+            "Age of the oldest event not yet forwarded to Kafka.",
+            registry=r,
+        )
+        self.forwarded = Counter(
+            "sync_gateway_forwarded_events",
+            "Events committed to Kafka by the forwarder.",
+            registry=r,
+        )
+        self.forward_latency = Histogram(
+            "sync_gateway_forward_seconds",
+            "From local ack to committed Kafka transaction, per event.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.kafka_up = Gauge(
+            "sync_gateway_kafka_link_up",
+            "1 when the forwarder's last Kafka transaction succeeded, else 0.",
+            registry=r,
+        )
+        self.dlq_events = Gauge(
+            "sync_gateway_dlq_events",
+            "Events in the local quarantine (also sent to the dead-letter topic).",
+            registry=r,
+        )
+        self.store_refusals = Counter(
+            "sync_gateway_store_refusals",
+            "Ingest requests answered 503 because the store could not commit (quota, I/O).",
+            registry=r,
+        )

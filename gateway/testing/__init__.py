@@ -1,0 +1,3 @@
+"""
+Testing toolkit: real Kafka and Redis servers on loopback, for tests, benchmarks and `make run`.
+"""

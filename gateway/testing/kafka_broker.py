@@ -1,0 +1,659 @@
+"""A real single-node Apache Kafka broker (KRaft, combined broker+controller) on loopback.
+
+The broker runs from the jars of Maven Central (`kafka-pom.xml` next to this file), fetched once
+by `mvn` into a cache directory, on the installed Java 17. `KafkaBroker` is a synchronous handle
+usable from pytest fixtures, benchmarks and the command line::
+
+    python -m gateway.testing.kafka_broker fetch-jars
+    python -m gateway.testing.kafka_broker run --data-dir var/kafka --port 9092
+
+`run` keeps its data directory between runs (the persistent development broker of `make run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Self
+
+from gateway.testing.ports import (
+    LOOPBACK,
+    ChildProcess,
+    free_ports,
+    port_is_bindable,
+    wait_for_port,
+)
+
+KAFKA_POM = Path(__file__).with_name("kafka-pom.xml")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LIBS_ENV = "SYNC_GATEWAY_KAFKA_LIBS"
+"""Environment variable naming the jar cache directory (overrides the default under .cache/)."""
+
+_MARKER = ".jars-complete"
+_KAFKA_JAR_GLOB = "kafka_2.13-*.jar"
+_READINESS_GROUP = "__sync_gateway_readiness"
+_READINESS_TXN_ID = "__sync_gateway_readiness"
+_PROBE_REQUEST_TIMEOUT_MS = 5000
+_PROBE_ATTEMPT_TIMEOUT = 15.0
+
+# Quiet: warnings and errors only, plus the one line saying the server has started.
+_LOG4J2_YAML = """\
+Configuration:
+  status: warn
+  shutdownHook: disable
+  Appenders:
+    Console:
+      name: STDOUT
+      target: SYSTEM_OUT
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: WARN
+      AppenderRef:
+        - ref: STDOUT
+    Logger:
+      - name: kafka.server.KafkaRaftServer
+        level: INFO
+        additivity: false
+        AppenderRef:
+          - ref: STDOUT
+"""
+
+
+class ToolchainMissingError(RuntimeError):
+    """`java` or `mvn`, needed to fetch or run the broker, is not installed."""
+
+
+def kafka_version() -> str:
+    """The Kafka version pinned in `kafka-pom.xml` (property ``kafka.version``)."""
+    namespace = {"m": "http://maven.apache.org/POM/4.0.0"}
+    node = ET.parse(KAFKA_POM).getroot().find("m:properties/m:kafka.version", namespace)
+    if node is None or not (node.text or "").strip():
+        raise RuntimeError(f"{KAFKA_POM} declares no kafka.version property")
+    return (node.text or "").strip()
+
+
+def default_libs_dir() -> Path:
+    """Where the jars are cached: $SYNC_GATEWAY_KAFKA_LIBS, else <repo>/.cache/kafka-libs-<v>."""
+    override = os.environ.get(LIBS_ENV)
+    if override:
+        return Path(override).expanduser().resolve()
+    return REPO_ROOT / ".cache" / f"kafka-libs-{kafka_version()}"
+
+
+def find_java() -> str:
+    """Path of the `java` executable ($JAVA_HOME/bin/java first); ToolchainMissingError if none."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and os.access(Path(java_home, "bin", "java"), os.X_OK):
+        return str(Path(java_home, "bin", "java"))
+    java = shutil.which("java")
+    if java is None:
+        raise ToolchainMissingError(
+            "`java` was not found on PATH: a real Kafka broker needs Java 17 or newer "
+            "(Debian/Ubuntu: apt-get install openjdk-17-jre-headless)"
+        )
+    return java
+
+
+def _find_mvn() -> str:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ToolchainMissingError(
+            "`mvn` was not found on PATH: it fetches the Kafka broker jars from Maven Central "
+            "(Debian/Ubuntu: apt-get install maven)"
+        )
+    return mvn
+
+
+def _has_kafka_jars(directory: Path) -> bool:
+    return directory.is_dir() and any(directory.glob(_KAFKA_JAR_GLOB))
+
+
+def ensure_jars(cache_dir: Path | None = None) -> Path:
+    """Return a directory holding the broker's jars, fetching them with `mvn` the first time.
+
+    A directory holding the marker file written after a complete copy is used as is (no network).
+    Otherwise `mvn dependency:copy-dependencies` copies into a temporary sibling directory, which
+    is then renamed into place, so concurrent callers never see half a classpath. A directory
+    someone filled by hand (it holds a kafka_2.13 jar but no marker) is used as is too.
+    """
+    target = (cache_dir or default_libs_dir()).expanduser().resolve()
+    if (target / _MARKER).is_file():
+        return target
+    if _has_kafka_jars(target):
+        return target
+    find_java()
+    mvn = _find_mvn()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        result = subprocess.run(
+            [
+                mvn,
+                "-B",
+                "-q",
+                "-f",
+                str(KAFKA_POM),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={staging}",
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        if result.returncode != 0 or not _has_kafka_jars(staging):
+            output = (result.stdout + result.stderr).strip()[-4000:]
+            raise RuntimeError(
+                f"`mvn dependency:copy-dependencies -f {KAFKA_POM}` failed "
+                f"(exit code {result.returncode}); output:\n{output}"
+            )
+        jars = sorted(path.name for path in staging.glob("*.jar"))
+        (staging / _MARKER).write_text("\n".join(jars) + "\n", encoding="utf-8")
+        try:
+            staging.rename(target)
+        except OSError:
+            if (target / _MARKER).is_file():  # a concurrent caller finished first
+                return target
+            if target.is_dir() and not any(target.iterdir()):
+                target.rmdir()
+                staging.rename(target)
+            else:
+                raise RuntimeError(
+                    f"{target} exists but holds no Kafka jars; remove it and retry"
+                ) from None
+        return target
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _new_cluster_id() -> str:
+    """16 random bytes, base64url without padding, not starting with '-' (as Kafka's Uuid)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def _escape_property(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+class _NotReady(Exception):
+    pass
+
+
+async def _probe_once(bootstrap: str) -> None:
+    """One readiness check: metadata, group coordinator, transaction coordinator (raises if not)."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="sync-gateway-readiness",
+        request_timeout_ms=_PROBE_REQUEST_TIMEOUT_MS,
+    )
+    try:
+        await admin.start()
+        cluster = await admin.describe_cluster()
+        if not cluster.get("brokers"):
+            raise _NotReady("metadata lists no broker")
+        coordinator = await admin.find_coordinator(_READINESS_GROUP, 0)
+        responses = await admin.describe_consumer_groups(
+            [_READINESS_GROUP], group_coordinator_id=coordinator
+        )
+        for response in responses:
+            for group in response.groups:
+                # 0: NONE (an unknown group is "Dead"); 69: GROUP_ID_NOT_FOUND (newer versions).
+                if group[0] not in (0, 69):
+                    raise _NotReady(f"group coordinator answers error code {group[0]}")
+    finally:
+        await admin.close()
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id="sync-gateway-readiness",
+        transactional_id=_READINESS_TXN_ID,
+        enable_idempotence=True,
+        acks="all",
+        request_timeout_ms=_PROBE_REQUEST_TIMEOUT_MS,
+    )
+    try:
+        await producer.start()  # InitProducerId through the transaction coordinator
+    finally:
+        await producer.stop()
+
+
+async def _wait_until_ready(bootstrap: str, deadline: float, alive: Callable[[], bool]) -> None:
+    last_error = "no attempt made"
+    while True:
+        if not alive():
+            raise _NotReady("the broker process exited")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"last readiness probe: {last_error}")
+        try:
+            await asyncio.wait_for(
+                _probe_once(bootstrap), timeout=min(remaining, _PROBE_ATTEMPT_TIMEOUT)
+            )
+            return
+        except Exception as exc:
+            last_error = f"{type(exc).__name__}: {exc}"
+        await asyncio.sleep(0.2)
+
+
+def _run_in_private_loop(factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a coroutine with `asyncio.run` in a helper thread (the caller may own a running loop)."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(factory())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="kafka-broker-readiness", daemon=True)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+class KafkaBroker:
+    """One real Kafka 4.x node (broker and controller) on 127.0.0.1, living in `workdir`.
+
+    `workdir` holds server.properties, log4j2.yaml, broker.log and the data directory `data/`.
+    Storage is formatted on the first start only, so stop()/start() keeps topics and committed
+    data. Ports are chosen at construction, so a restart keeps the bootstrap address.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        controller_port: int | None = None,
+        libs: Path | None = None,
+        extra_properties: Mapping[str, str] | None = None,
+    ) -> None:
+        self.workdir = Path(workdir).expanduser().resolve()
+        spare = iter([p for p in free_ports(3) if p not in (port, controller_port)])
+        self.port = port if port is not None else next(spare)
+        self.controller_port = controller_port if controller_port is not None else next(spare)
+        if self.controller_port == self.port:
+            raise ValueError("the broker and controller ports must differ")
+        self._libs = libs
+        self._extra = dict(extra_properties or {})
+        self._child: ChildProcess | None = None
+        self._paused = False
+        self.last_start_seconds: float | None = None
+        """Wall time of the last successful start(), from launch (incl. format) to ready."""
+
+    # -- paths and configuration ------------------------------------------------------------
+
+    @property
+    def data_dir(self) -> Path:
+        """The broker's log.dirs (also the KRaft metadata log)."""
+        return self.workdir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        """The broker's stdout and stderr."""
+        return self.workdir / "broker.log"
+
+    @property
+    def properties_path(self) -> Path:
+        """The server.properties the broker runs with (rewritten on each start)."""
+        return self.workdir / "server.properties"
+
+    @property
+    def log4j_path(self) -> Path:
+        """The log4j2 configuration (WARN and above)."""
+        return self.workdir / "log4j2.yaml"
+
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap address for clients, "127.0.0.1:<port>"."""
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the broker process is alive (it may be paused)."""
+        return self._child is not None and self._child.poll() is None
+
+    @property
+    def is_formatted(self) -> bool:
+        """Whether the data directory has been formatted (holds meta.properties)."""
+        return (self.data_dir / "meta.properties").is_file()
+
+    def properties(self) -> dict[str, str]:
+        """The server properties: a one-node loopback cluster, plus `extra_properties`."""
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{LOOPBACK}:{self.controller_port}",
+            "listeners": (
+                f"PLAINTEXT://{LOOPBACK}:{self.port},CONTROLLER://{LOOPBACK}:{self.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self.port}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            "num.partitions": "1",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            "log.retention.check.interval.ms": "5000",
+        }
+        props.update(self._extra)
+        return props
+
+    def _write_config(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        lines = [f"{key}={_escape_property(value)}" for key, value in self.properties().items()]
+        self.properties_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.log4j_path.write_text(_LOG4J2_YAML, encoding="utf-8")
+
+    def _resolve_libs(self) -> Path:
+        if self._libs is not None and _has_kafka_jars(self._libs):
+            return self._libs.resolve()
+        return ensure_jars(self._libs)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last `lines` lines of broker.log ("" if there is none)."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the broker (formatting storage on the first start) and wait until it is ready.
+
+        Ready means: the port is open, metadata lists the broker, the group coordinator answers,
+        and a transactional producer can initialise (the transaction coordinator works).
+        Raises TimeoutError (with the tail of broker.log) if that takes over `timeout` seconds,
+        RuntimeError if the broker exits, ToolchainMissingError if java or mvn is missing.
+        Fetching the jars, when not yet cached, is not counted in `timeout`.
+        """
+        if self.is_running:
+            return
+        java = find_java()
+        libs = self._resolve_libs()
+        self._write_config()
+        for port in (self.port, self.controller_port):
+            if not port_is_bindable(port):
+                raise RuntimeError(
+                    f"port {LOOPBACK}:{port} is already in use (another broker still running?)"
+                )
+        started = time.monotonic()
+        deadline = started + timeout
+        classpath = f"{libs}{os.sep}*"
+        log4j = f"-Dlog4j2.configurationFile={self.log4j_path}"
+        if not self.is_formatted:
+            self._format(java, classpath, log4j, timeout)
+        self._child = ChildProcess(
+            [
+                java,
+                "-Xms256m",
+                "-Xmx512m",
+                "-XX:+UseG1GC",
+                "-Djava.awt.headless=true",
+                log4j,
+                "-cp",
+                classpath,
+                "kafka.Kafka",
+                str(self.properties_path),
+            ],
+            log_path=self.log_path,
+            cwd=self.workdir,
+        )
+        self._paused = False
+        try:
+            self._wait_ready(deadline, timeout)
+        except BaseException:
+            self.kill()
+            raise
+        self.last_start_seconds = time.monotonic() - started
+
+    def _format(self, java: str, classpath: str, log4j: str, timeout: float) -> None:
+        if self.data_dir.exists():  # a format that never completed: start over
+            shutil.rmtree(self.data_dir)
+        argv = [
+            java,
+            "-Xmx256m",
+            "-XX:TieredStopAtLevel=1",
+            log4j,
+            "-cp",
+            classpath,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            _new_cluster_id(),
+            "-c",
+            str(self.properties_path),
+        ]
+        try:
+            result = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise TimeoutError(f"formatting Kafka storage took over {timeout:g} s") from exc
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(result.stdout + result.stderr)
+        if result.returncode != 0 or not self.is_formatted:
+            raise RuntimeError(
+                f"kafka.tools.StorageTool format failed (exit code {result.returncode}):\n"
+                f"{(result.stdout + result.stderr).strip()[-4000:]}"
+            )
+
+    def _wait_ready(self, deadline: float, timeout: float) -> None:
+        child = self._child
+        assert child is not None
+
+        def alive() -> bool:
+            return child.poll() is None
+
+        def failure(reason: str) -> str:
+            return (
+                f"Kafka broker at {self.bootstrap} {reason}\n"
+                f"--- tail of {self.log_path} ---\n{self.log_tail()}"
+            )
+
+        try:
+            while True:
+                if not alive():
+                    raise _NotReady("the broker process exited")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("its port did not open")
+                try:
+                    wait_for_port(LOOPBACK, self.port, timeout=min(0.5, remaining))
+                    break
+                except TimeoutError:
+                    continue
+            _run_in_private_loop(lambda: _wait_until_ready(self.bootstrap, deadline, alive))
+        except _NotReady:
+            code = child.poll()
+            raise RuntimeError(failure(f"exited during start-up (exit code {code})")) from None
+        except TimeoutError as exc:
+            raise TimeoutError(failure(f"was not ready within {timeout:g} s ({exc})")) from None
+        if not alive():
+            raise RuntimeError(failure("exited right after becoming ready"))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Shut down cleanly (SIGTERM), SIGKILL after `timeout` seconds. No-op if not running."""
+        child, self._child = self._child, None
+        self._paused = False
+        if child is not None:
+            child.stop(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the broker (an unclean crash: data not yet flushed may be recovered or lost)."""
+        child, self._child = self._child, None
+        self._paused = False
+        if child is not None:
+            child.kill()
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """stop() then start(): same ports, same data."""
+        self.stop()
+        self.start(timeout)
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): connections stay open but nothing answers."""
+        self._require_running().send_signal(signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """Unfreeze a paused broker (SIGCONT)."""
+        self._require_running().send_signal(signal.SIGCONT)
+        self._paused = False
+
+    @property
+    def is_paused(self) -> bool:
+        """Whether pause() was called without a resume() since."""
+        return self._paused
+
+    def _require_running(self) -> ChildProcess:
+        if self._child is None or self._child.poll() is not None:
+            raise RuntimeError("the Kafka broker is not running")
+        return self._child
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        return f"KafkaBroker({self.bootstrap}, {state}, workdir={self.workdir})"
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _cmd_fetch_jars(args: argparse.Namespace) -> int:
+    libs = ensure_jars(args.cache_dir)
+    print(libs)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    broker = KafkaBroker(
+        args.data_dir,
+        port=args.port,
+        controller_port=args.controller_port,
+        libs=args.libs,
+    )
+    # Explicitly for SIGINT too: a shell starting us in the background may have ignored it.
+    previous = {
+        sig: signal.signal(sig, _raise_keyboard_interrupt)
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        reused = broker.is_formatted
+        broker.start(timeout=args.timeout)
+        state = "reusing" if reused else "new"
+        print(
+            f"Kafka ready at {broker.bootstrap} "
+            f"(data {broker.data_dir}, {state}; started in {broker.last_start_seconds:.1f} s; "
+            f"log {broker.log_path})",
+            flush=True,
+        )
+        while broker.is_running:
+            time.sleep(0.5)
+        print(
+            f"Kafka broker exited unexpectedly; tail of {broker.log_path}:\n{broker.log_tail()}",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        print("stopping Kafka broker ...", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        for sig in previous:  # no second interrupt in the middle of a clean shutdown
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            broker.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: `fetch-jars` prints the jar directory; `run` runs a persistent broker."""
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.testing.kafka_broker",
+        description="A real single-node Kafka broker on 127.0.0.1, from Maven Central jars.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser("fetch-jars", help="fetch the broker jars; print their directory")
+    fetch.add_argument("--cache-dir", type=Path, default=None, help="default: %(default)s")
+    fetch.set_defaults(func=_cmd_fetch_jars)
+    run = commands.add_parser("run", help="run a broker until SIGINT/SIGTERM, keeping its data")
+    run.add_argument("--data-dir", type=Path, required=True, help="kept between runs")
+    run.add_argument("--port", type=int, default=9092)
+    run.add_argument("--controller-port", type=int, default=9093)
+    run.add_argument("--libs", type=Path, default=None, help="jar directory (default: cache)")
+    run.add_argument("--timeout", type=float, default=120.0, help="start-up timeout, seconds")
+    run.set_defaults(func=_cmd_run)
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ToolchainMissingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

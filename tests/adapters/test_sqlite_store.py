@@ -1,0 +1,76 @@
+"""What only the SQLite store promises: durability settings, persistence, group commit."""
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.adapters.sqlite_store import SqliteEventStore
+from gateway.core.ingest import StorableEvent
+from gateway.errors import StoreCorrupt, StoreUnavailable
+from tests.factories import storable
+
+
+async def test_store_runs_in_wal_with_full_sync(tmp_path: Path) -> None:
+    async with SqliteEventStore(tmp_path / "s.sqlite3") as store:
+        await store.append([storable()])
+        with sqlite3.connect(store.path) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db_conn = store._db
+        assert db_conn is not None
+        async with db_conn.execute("PRAGMA synchronous") as cursor:
+            row = await cursor.fetchone()
+        assert row is not None
+        assert row[0] == 2  # FULL
+
+
+async def test_events_survive_reopen(tmp_path: Path) -> None:
+    events = [storable() for _ in range(50)]
+    async with SqliteEventStore(tmp_path / "s.sqlite3") as store:
+        await store.append(events)
+    async with SqliteEventStore(tmp_path / "s.sqlite3") as store:
+        assert await store.count() == 50
+        assert await store.append(events[:3]) == [False, False, False]
+
+
+async def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
+    async with SqliteEventStore(tmp_path / "s.sqlite3") as store:
+        commits = 0
+        original = store._commit
+
+        async def counting(events: list[StorableEvent]) -> list[bool]:
+            nonlocal commits
+            commits += 1
+            return await original(events)
+
+        store._commit = counting  # type: ignore[method-assign]
+        await asyncio.gather(*(store.append([storable()]) for _ in range(200)))
+        assert await store.count() == 200
+        assert commits < 200 / 4  # group commit, not one fsync per request
+
+
+async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "s.sqlite3")
+    await store.open()
+    pending = [asyncio.ensure_future(store.append([storable()])) for _ in range(20)]
+    await asyncio.sleep(0)
+    await store.close()
+    assert all(p.result() == [True] for p in pending)
+    async with SqliteEventStore(tmp_path / "s.sqlite3") as again:
+        assert await again.count() == 20
+
+
+async def test_append_after_close_is_refused(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "s.sqlite3")
+    await store.open()
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.append([storable()])
+
+
+async def test_garbage_file_is_refused_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreCorrupt):
+        await SqliteEventStore(path).open()

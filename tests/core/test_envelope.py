@@ -1,0 +1,99 @@
+import uuid
+from typing import Any
+
+import pytest
+
+from gateway.core.envelope import Envelope, parse_envelope
+from gateway.core.rejections import RejectCode, Rejection
+from tests.factories import order_placed
+
+
+def test_valid_envelope_is_parsed_and_id_canonicalised() -> None:
+    raw = order_placed()
+    raw["event_id"] = raw["event_id"].upper()
+    envelope = parse_envelope(raw)
+    assert isinstance(envelope, Envelope)
+    assert envelope.event_id == str(uuid.UUID(raw["event_id"]))
+    assert envelope.event_id == envelope.event_id.lower()
+
+
+def test_encode_round_trips_the_fields() -> None:
+    envelope = parse_envelope(order_placed())
+    assert isinstance(envelope, Envelope)
+    again = Envelope.model_validate_json(envelope.encode())
+    assert again == envelope
+
+
+def test_correlation_id_defaults_to_event_id() -> None:
+    raw = order_placed()
+    del raw["correlation_id"]
+    envelope = parse_envelope(raw)
+    assert isinstance(envelope, Envelope)
+    assert envelope.effective_correlation_id == envelope.event_id
+    assert b"correlation_id" not in envelope.encode()
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"event_id": None}, "event_id", "missing"),
+        ({"event_id": "not-a-uuid"}, "event_id", "UUID"),
+        ({"event_id": 12}, "event_id", "UUID"),
+        ({"event_type": "order placed"}, "event_type", "pattern"),
+        ({"event_version": "1"}, "event_version", "integer"),
+        ({"event_version": True}, "event_version", "integer"),
+        ({"event_version": 0}, "event_version", "greater"),
+        ({"event_time": "2026-11-21T10:00:00"}, "event_time", "timezone"),
+        ({"event_time": "yesterday"}, "event_time", "datetime"),
+        ({"source": ""}, "source", "at least 1"),
+        ({"key": None}, "key", "missing"),
+        ({"key": "k" * 257}, "key", "at most 256"),
+        ({"payload": [1, 2]}, "payload", "dictionary"),
+        ({"surprise": 1}, "surprise", "unknown field"),
+    ],
+)
+def test_bad_envelope_names_the_field(change: dict[str, Any], field: str, words: str) -> None:
+    raw = order_placed()
+    for name, value in change.items():
+        if value is None:
+            raw.pop(name)
+        else:
+            raw[name] = value
+    rejection = parse_envelope(raw)
+    assert isinstance(rejection, Rejection)
+    assert rejection.code is RejectCode.INVALID_ENVELOPE
+    assert rejection.field == field
+    assert words in rejection.message
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"a": float("nan")}, "payload.a"),
+        ({"a": [1, {"b": float("inf")}]}, "payload.a.1.b"),
+        ({"a": b"bytes"}, "payload.a"),
+        ({"a": {1: "int key"}}, "payload.a"),
+    ],
+)
+def test_payload_must_be_plain_json(payload: dict[str, Any], field: str) -> None:
+    rejection = parse_envelope(order_placed(payload=payload))
+    assert isinstance(rejection, Rejection)
+    assert rejection.code is RejectCode.INVALID_PAYLOAD
+    assert rejection.field == field
+
+
+def test_deep_nesting_is_refused() -> None:
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(40):
+        node["n"] = {}
+        node = node["n"]
+    rejection = parse_envelope(order_placed(payload=deep))
+    assert isinstance(rejection, Rejection)
+    assert "nested deeper" in rejection.message
+
+
+def test_non_object_event_is_rejected() -> None:
+    rejection = parse_envelope(["not", "an", "object"])
+    assert isinstance(rejection, Rejection)
+    assert rejection.code is RejectCode.INVALID_ENVELOPE

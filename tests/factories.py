@@ -1,0 +1,44 @@
+"""Builders of valid and invalid events shared by the tests."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from gateway.core.ids import EventId
+from gateway.core.ingest import StorableEvent
+
+
+def order_placed(key: str = "order-1", **overrides: Any) -> dict[str, Any]:
+    """A valid ``Order.Placed`` v1 envelope as a device would send it."""
+    order_id = key
+    envelope: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "Order.Placed",
+        "event_version": 1,
+        "event_time": "2026-11-21T10:00:00Z",
+        "source": "device-1",
+        "correlation_id": "corr-1",
+        "key": key,
+        "payload": {
+            "orderId": order_id,
+            "userId": "user-1",
+            "storeId": "store-1",
+            "items": [
+                {"sku": "SKU-1", "quantity": 2, "unitPrice": {"amount": "9.99", "currency": "EUR"}}
+            ],
+            "total": {"amount": "19.98", "currency": "EUR"},
+        },
+    }
+    envelope.update(overrides)
+    return envelope
+
+
+def storable(event_id: str | None = None, key: str = "k") -> StorableEvent:
+    return StorableEvent(
+        event_id=EventId(event_id or str(uuid.uuid4())),
+        event_type="Order.Placed",
+        event_version=1,
+        key=key,
+        value=b'{"x":1}',
+    )
