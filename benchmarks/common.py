@@ -16,7 +16,6 @@ from hdrh.histogram import HdrHistogram
 
 from tests.factories import order_placed
 
-
 MSGPACK = "application/msgpack"
 
 

@@ -5,23 +5,40 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
 
 from starlette.applications import Starlette
 from starlette.routing import Route
 
 from gateway.adapters.http_ingest import IngestEndpoint
 from gateway.adapters.http_ops import healthz, metrics_endpoint, openapi, readyz_endpoint
+from gateway.adapters.kafka_producer import AiokafkaPublisher, KafkaSettings
 from gateway.adapters.sqlite_store import SqliteEventStore
 from gateway.config import GatewayConfig
+from gateway.core.ids import InstanceId
 from gateway.core.ingest import IngestLimits
+from gateway.core.routing import TopicRouter
 from gateway.core.schemas import SchemaRegistry
 from gateway.errors import StoreError
+from gateway.flows.forwarder import Forwarder, ForwarderSettings
 from gateway.flows.ingest import IngestFlow
 from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
+
+CRASH_EXIT_CODE: Final = 86
+
+
+def _crash_hook(point: str | None) -> Callable[[str], None]:
+    def hook(name: str) -> None:
+        if name == point:
+            log.error("crash point %r reached: exiting abruptly", name)
+            os._exit(CRASH_EXIT_CODE)
+
+    return hook
 
 
 class Gateway:
@@ -31,8 +48,12 @@ class Gateway:
         self.config = config
         self.metrics = GatewayMetrics()
         self.schemas = SchemaRegistry.load(config.schema_dir)
+        router = TopicRouter(config.topic_routes)
+        router.check_covers(self.schemas.event_types)
         self.store = SqliteEventStore(
-            config.store_path, max_group_events=config.group_commit_max_events
+            config.store_path,
+            max_group_events=config.group_commit_max_events,
+            max_bytes=config.max_store_bytes,
         )
         self.ingest = IngestFlow(
             store=self.store,
@@ -43,25 +64,73 @@ class Gateway:
             ),
             metrics=self.metrics,
         )
+        instance = InstanceId(config.instance_id)
+        self.publisher = AiokafkaPublisher(
+            KafkaSettings(
+                bootstrap=config.kafka_bootstrap,
+                instance=instance,
+                position_topic=config.position_topic,
+                topics={topic: {} for topic in [*router.topics, config.dead_letter_topic]},
+                create_topics=config.create_topics,
+                partitions=config.topic_partitions,
+                replication_factor=config.topic_replication_factor,
+                request_timeout_ms=config.kafka_request_timeout_ms,
+                transaction_timeout_s=config.kafka_transaction_timeout_s,
+                max_record_bytes=config.max_record_bytes,
+            )
+        )
+        self.forwarder = Forwarder(
+            self.store,
+            self.publisher,
+            ForwarderSettings(
+                router=router,
+                dead_letter_topic=config.dead_letter_topic,
+                instance=instance,
+                bootstrap=config.kafka_bootstrap,
+                batch_max=config.forward_batch_max,
+                retention_ms=config.retention_s * 1000,
+                crash_hook=_crash_hook(config.crash_point),
+            ),
+            self.metrics,
+        )
 
     async def start(self) -> None:
         await self.store.open()
+        backlog = await self.store.backlog()
         log.info(
-            "gateway %s ready: store %s, %d events stored",
+            "gateway %s: store %s open, %d events not yet forwarded",
             self.config.instance_id,
             self.config.store_path,
-            await self.store.count(),
+            backlog.events,
         )
+        self.forwarder.start()
 
     async def stop(self) -> None:
+        if self.config.shutdown_drain_s > 0 and not await self.forwarder.drain(
+            self.config.shutdown_drain_s
+        ):
+            log.warning("shutting down with a backlog; it is forwarded at the next start")
+        await self.forwarder.stop()
         await self.store.close()
 
-    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+    async def status(self) -> tuple[bool, dict[str, Any]]:
+        """Readiness (store usable) and what an operator wants to see."""
+        kafka = self.forwarder.status()
         try:
-            stored = await self.store.count()
+            backlog = await self.store.backlog()
+            dlq = len(await self.store.quarantined())
         except StoreError as exc:
-            return False, {"store": {"state": "unavailable", "error": str(exc)}}
-        return True, {"store": {"state": "open", "events": stored}}
+            return False, {"store": {"state": "unavailable", "error": str(exc)}, "kafka": kafka}
+        age = None
+        if backlog.oldest_received_ms is not None:
+            age = round(max(0.0, time.time() - backlog.oldest_received_ms / 1000), 3)
+        return True, {
+            "instance": self.config.instance_id,
+            "store": {"state": "open", "path": str(self.config.store_path)},
+            "backlog": {"events": backlog.events, "oldest_age_s": age},
+            "dlq": {"events": dlq},
+            "kafka": kafka,
+        }
 
     def routes(self) -> list[Route]:
         ingest = IngestEndpoint(
@@ -72,7 +141,7 @@ class Gateway:
         return [
             Route("/v1/events", ingest.handle, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz_endpoint(self.readiness), methods=["GET"]),
+            Route("/readyz", readyz_endpoint(self.status), methods=["GET"]),
             Route("/metrics", metrics_endpoint(self.metrics), methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ]

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.core.routing import DEFAULT_ROUTES
 from gateway.core.schemas import default_schema_root
 
 KIB = 1024
@@ -26,6 +27,9 @@ DEFAULT_MAX_BATCH_EVENTS = 1000
 DEFAULT_MAX_EVENT_BYTES = 256 * KIB
 DEFAULT_GROUP_COMMIT_MAX_EVENTS = 5000
 DEFAULT_STORE_RETRY_AFTER_S = 5
+DEFAULT_RETENTION_S = 7 * 24 * 3600  # the ADR's minimum retention; also the dedup window
+DEFAULT_DEAD_LETTER_TOPIC = "sync-gateway.dead-letters"
+DEFAULT_POSITION_TOPIC = "sync-gateway.forwarder-positions"
 
 
 class GatewayConfig(BaseSettings):
@@ -70,6 +74,41 @@ class GatewayConfig(BaseSettings):
         DEFAULT_STORE_RETRY_AFTER_S, gt=0, description="Retry-After sent when the store refuses."
     )
     log_level: str = Field("info", description="Log level of the gateway's loggers.")
+
+    # -- forwarding to Kafka --
+    topic_routes: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_ROUTES),
+        description="Aggregate (part of event_type before the dot) -> Kafka topic, as JSON.",
+    )
+    dead_letter_topic: str = Field(DEFAULT_DEAD_LETTER_TOPIC, min_length=1)
+    position_topic: str = Field(
+        DEFAULT_POSITION_TOPIC, min_length=1, description="Compacted topic of forwarder positions."
+    )
+    create_topics: bool = Field(True, description="Create missing topics at start-up.")
+    topic_partitions: int = Field(3, gt=0, description="Partitions of topics the gateway creates.")
+    topic_replication_factor: int = Field(
+        1, gt=0, description="Replication factor of created topics (use 3 in production)."
+    )
+    forward_batch_max: int = Field(1000, gt=0, description="Most events per Kafka transaction.")
+    kafka_request_timeout_ms: int = Field(15_000, gt=0)
+    kafka_transaction_timeout_s: float = Field(
+        30.0, gt=0, description="A transaction not committed by then is abandoned and retried."
+    )
+    max_record_bytes: int = Field(
+        1_000_000, gt=0, description="Larger Kafka records go to the dead letters."
+    )
+    retention_s: int = Field(
+        DEFAULT_RETENTION_S, gt=0, description="Forwarded events are pruned after this."
+    )
+    max_store_bytes: int | None = Field(
+        None, gt=0, description="Store quota; ingest answers 503 when it is reached."
+    )
+    shutdown_drain_s: float = Field(
+        5.0, ge=0, description="On shutdown, time given to forward the backlog."
+    )
+    crash_point: str | None = Field(
+        None, description="Testing only: exit abruptly at this named point of the forwarder."
+    )
 
     @property
     def store_path(self) -> Path:

@@ -10,6 +10,10 @@
     ├── StoreError
     │   ├── StoreUnavailable        retriable: disk full, I/O error, closing (503 + Retry-After)
     │   └── StoreCorrupt            not retriable: the database fails its integrity check
+    ├── KafkaError
+    │   ├── KafkaUnavailable        retriable: unreachable, timed out, wedged; rebuild and retry
+    │   ├── KafkaFenced             retriable: a newer producer took our transactional id
+    │   └── RecordsRefused          some records can never be written (too large, invalid)
     ├── SchemaRegistryError       a schema file or directory is malformed (at start-up)
     └── ConfigError               the configuration cannot work
 
@@ -66,6 +70,31 @@ class StoreUnavailable(StoreError):
 
 class StoreCorrupt(StoreError):
     """The store's database is damaged; the gateway refuses to use it."""
+
+
+class KafkaError(GatewayError):
+    """The Kafka link failed; nothing of the current transaction is committed."""
+
+
+class KafkaUnavailable(KafkaError):
+    """Kafka cannot be reached or did not answer in time; rebuild the producer and retry."""
+
+    retriable = True
+
+
+class KafkaFenced(KafkaError):
+    """Another producer with our transactional id took over; rebuild and re-read the position."""
+
+    retriable = True
+
+
+class RecordsRefused(KafkaError):
+    """Kafka refuses these records for good; the transaction was aborted, nothing committed."""
+
+    def __init__(self, refused: dict[int, str]) -> None:
+        super().__init__(f"{len(refused)} record(s) refused for good")
+        self.refused = refused
+        """Local sequence -> reason."""
 
 
 class SchemaRegistryError(GatewayError):

@@ -40,5 +40,7 @@ def storable(event_id: str | None = None, key: str = "k") -> StorableEvent:
         event_type="Order.Placed",
         event_version=1,
         key=key,
-        value=b'{"x":1}',
+        source="device-1",
+        correlation_id="corr-1",
+        value=b'{"x":1}' + b" " * 300,
     )

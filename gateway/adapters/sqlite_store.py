@@ -2,9 +2,13 @@
 
 Every ``append`` call joins the next commit: one writer task takes all calls queued while the
 previous commit was syncing and commits them in one transaction, so durability costs one fsync
-per group of requests, not per event. ``event_id`` is unique in the table; the writer is the
+per group of requests, not per event. ``event_id`` is unique in the table and the writer is the
 only one to insert, so two concurrent requests with the same id get one ``accepted`` and one
 ``duplicate`` answer, never two rows.
+
+Beside the events the store keeps the forwarder's local mark (highest sequence known to be in
+Kafka), the quarantine of events Kafka refused for good, and a size quota enforced by SQLite's
+own ``max_page_count``: a full store refuses commits (``StoreUnavailable``) and changes nothing.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import contextlib
 import logging
 import sqlite3
 import time
+import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -24,14 +29,19 @@ import aiosqlite
 
 from gateway.core.ids import EventId, LocalSeq
 from gateway.core.ingest import StorableEvent
+from gateway.core.records import Backlog, QuarantineEntry, StoredEvent
 from gateway.errors import StoreCorrupt, StoreError, StoreUnavailable
-from gateway.flows.ports import StoredEvent
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Final = 1
-_ROWS_PER_STATEMENT: Final = 500  # 6 parameters a row stays far below SQLite's 32766 limit
-_COLUMNS: Final = "event_id, event_type, event_version, key, value, received_at_ms"
+_ROWS_PER_STATEMENT: Final = 400  # 8 parameters a row stays far below SQLite's 32766 limit
+_COLUMNS: Final = (
+    "event_id, event_type, event_version, key, source, correlation_id, value, received_at_ms"
+)
+_ROW_PLACEHOLDER: Final = "(?,?,?,?,?,?,?,?)"
+_FORWARDED_MARK: Final = "forwarded_seq"
+_STORE_ID: Final = "store_id"
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events (
@@ -40,12 +50,21 @@ CREATE TABLE IF NOT EXISTS events (
     event_type TEXT NOT NULL,
     event_version INTEGER NOT NULL,
     key TEXT NOT NULL,
+    source TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
     value BLOB NOT NULL,
     received_at_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
-    value TEXT NOT NULL
+    value NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    quarantined_at_ms INTEGER NOT NULL,
+    replayed_at_ms INTEGER
 );
 """
 
@@ -56,17 +75,33 @@ class _Append:
     done: asyncio.Future[list[bool]]
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 class SqliteEventStore:
     """:class:`~gateway.flows.ports.EventStore` on one SQLite file."""
 
-    def __init__(self, path: Path, *, max_group_events: int = 5000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_group_events: int = 5000,
+        max_bytes: int | None = None,
+    ) -> None:
         self._path = path
         self._max_group_events = max_group_events
+        self._max_bytes = max_bytes
         self._db: aiosqlite.Connection | None = None
         self._queue: deque[_Append] = deque()
         self._wakeup = asyncio.Event()
+        self._appended = asyncio.Event()
+        self._write_lock = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self.store_id = ""
+        self.on_commit: list[int] = []
+        """Sizes of recent group commits (drained by whoever reports metrics)."""
 
     @property
     def path(self) -> Path:
@@ -84,11 +119,24 @@ class SqliteEventStore:
             await db.execute("PRAGMA busy_timeout=5000")
             await db.executescript(_SCHEMA)
             await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if self._max_bytes is not None:
+                async with db.execute("PRAGMA page_size") as cursor:
+                    row = await cursor.fetchone()
+                page_size = int(row[0]) if row else 4096
+                await db.execute(f"PRAGMA max_page_count={max(1, self._max_bytes // page_size)}")
         except sqlite3.DatabaseError as exc:
             await db.close()
             raise _translate(exc, f"cannot open store {self._path}") from exc
         self._db = db
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+        async with self._transaction("create store id") as tx:
+            await tx.execute(
+                "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
+                (_STORE_ID, str(uuid.uuid4())),
+            )
+        rows = await self._query("SELECT value FROM meta WHERE name = ?", (_STORE_ID,))
+        self.store_id = str(rows[0][0])
+        """Identity of this store file: a position in Kafka counts only for the same store."""
 
     async def close(self) -> None:
         """Commit what is queued, then close."""
@@ -107,6 +155,8 @@ class SqliteEventStore:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    # -- ingest ---------------------------------------------------------------------------
+
     async def append(self, events: Sequence[StorableEvent]) -> list[bool]:
         if not events:
             return []
@@ -118,6 +168,12 @@ class SqliteEventStore:
         # The commit goes on even if the caller is cancelled: the events are then stored
         # but unacknowledged, and a retry of them is answered ``duplicate``.
         return await asyncio.shield(done)
+
+    async def wait_for_append(self, max_wait: float) -> None:
+        """Return when an append committed new events since the last call, or after max_wait."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._appended.wait(), max_wait)
+        self._appended.clear()
 
     async def get(self, event_id: EventId) -> StoredEvent | None:
         rows = await self._query(
@@ -136,6 +192,96 @@ class SqliteEventStore:
         )
         return [_row_to_stored(row) for row in rows]
 
+    # -- forwarder bookkeeping -------------------------------------------------------------
+
+    async def forwarded_mark(self) -> LocalSeq:
+        rows = await self._query("SELECT value FROM meta WHERE name = ?", (_FORWARDED_MARK,))
+        return LocalSeq(int(str(rows[0][0])) if rows else 0)
+
+    async def mark_forwarded(self, seq: LocalSeq) -> None:
+        async with self._transaction("mark forwarded") as db:
+            await db.execute(
+                "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE"
+                " SET value = max(value, excluded.value)",
+                (_FORWARDED_MARK, seq),
+            )
+
+    async def backlog(self) -> Backlog:
+        mark = await self.forwarded_mark()
+        rows = await self._query(
+            "SELECT count(*), min(received_at_ms) FROM events WHERE seq > ?", (mark,)
+        )
+        count, oldest = rows[0]
+        return Backlog(
+            events=int(str(count)),
+            oldest_received_ms=int(str(oldest)) if oldest is not None else None,
+        )
+
+    async def quarantine(self, entries: Sequence[QuarantineEntry]) -> None:
+        if not entries:
+            return
+        async with self._transaction("quarantine") as db:
+            await db.executemany(
+                "INSERT INTO quarantine (seq, event_id, reason, quarantined_at_ms)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(seq) DO NOTHING",
+                [(e.seq, e.event_id, e.reason, e.quarantined_at_ms) for e in entries],
+            )
+
+    async def quarantined(self, *, include_replayed: bool = False) -> list[QuarantineEntry]:
+        where = "" if include_replayed else "WHERE replayed_at_ms IS NULL"
+        rows = await self._query(
+            "SELECT seq, event_id, reason, quarantined_at_ms, replayed_at_ms"
+            f" FROM quarantine {where} ORDER BY seq",
+            (),
+        )
+        return [
+            QuarantineEntry(
+                seq=LocalSeq(int(str(seq))),
+                event_id=EventId(str(event_id)),
+                reason=str(reason),
+                quarantined_at_ms=int(str(at)),
+                replayed_at_ms=int(str(replayed)) if replayed is not None else None,
+            )
+            for seq, event_id, reason, at, replayed in rows
+        ]
+
+    async def replay_quarantined(self, event_ids: Sequence[EventId] | None = None) -> int:
+        """Give quarantined events a new sequence so the forwarder tries them again."""
+        entries = [
+            e for e in await self.quarantined() if event_ids is None or e.event_id in event_ids
+        ]
+        now = _now_ms()
+        async with self._transaction("replay quarantined") as db:
+            for entry in entries:
+                async with db.execute(
+                    f"SELECT {_COLUMNS} FROM events WHERE seq = ?", (entry.seq,)
+                ) as cursor:
+                    row = await cursor.fetchone()
+                if row is not None:
+                    await db.execute("DELETE FROM events WHERE seq = ?", (entry.seq,))
+                    await db.execute(
+                        f"INSERT INTO events ({_COLUMNS}) VALUES {_ROW_PLACEHOLDER}", tuple(row)
+                    )
+                await db.execute(
+                    "UPDATE quarantine SET replayed_at_ms = ? WHERE seq = ?", (now, entry.seq)
+                )
+        return len(entries)
+
+    async def prune_forwarded(self, received_before_ms: int) -> int:
+        """Delete forwarded events received before the cutoff (their dedup window ends)."""
+        mark = await self.forwarded_mark()
+        async with (
+            self._transaction("prune") as db,
+            db.execute(
+                "DELETE FROM events WHERE seq <= ? AND received_at_ms < ?"
+                " AND seq NOT IN (SELECT seq FROM quarantine WHERE replayed_at_ms IS NULL)",
+                (mark, received_before_ms),
+            ) as cursor,
+        ):
+            return max(cursor.rowcount, 0)
+
+    # -- internals -------------------------------------------------------------------------
+
     async def _query(
         self, sql: str, params: tuple[object, ...]
     ) -> list[sqlite3.Row | tuple[object, ...]]:
@@ -145,6 +291,23 @@ class SqliteEventStore:
                 return list(await cursor.fetchall())
         except sqlite3.DatabaseError as exc:
             raise _translate(exc, "store read failed") from exc
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction at a time; SQLite errors leave as StoreError, rolled back."""
+        db = self._require_open()
+        async with self._write_lock:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    await db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        await db.execute("ROLLBACK")
+                    raise
+            except sqlite3.DatabaseError as exc:
+                raise _translate(exc, f"store {what} failed") from exc
 
     def _require_open(self) -> aiosqlite.Connection:
         if self._db is None:
@@ -184,42 +347,37 @@ class SqliteEventStore:
 
     async def _commit(self, events: list[StorableEvent]) -> list[bool]:
         """Insert in one transaction; True for each event whose id was not stored before."""
-        db = self._require_open()
         first: dict[EventId, int] = {}
         for position, event in enumerate(events):
             first.setdefault(event.event_id, position)
         unique = [events[position] for position in first.values()]
-        now_ms = int(time.time() * 1000)
+        now_ms = _now_ms()
         inserted: set[str] = set()
-        try:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                for start in range(0, len(unique), _ROWS_PER_STATEMENT):
-                    chunk = unique[start : start + _ROWS_PER_STATEMENT]
-                    placeholders = ",".join(["(?,?,?,?,?,?)"] * len(chunk))
-                    params: list[object] = []
-                    for e in chunk:
-                        params += (
-                            e.event_id,
-                            e.event_type,
-                            e.event_version,
-                            e.key,
-                            e.value,
-                            now_ms,
-                        )
-                    async with db.execute(
-                        f"INSERT INTO events ({_COLUMNS}) VALUES {placeholders} "
-                        "ON CONFLICT(event_id) DO NOTHING RETURNING event_id",
-                        params,
-                    ) as cursor:
-                        inserted.update(str(row[0]) for row in await cursor.fetchall())
-                await db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await db.execute("ROLLBACK")
-                raise
-        except sqlite3.DatabaseError as exc:
-            raise _translate(exc, "store commit failed") from exc
+        async with self._transaction("commit") as db:
+            for start in range(0, len(unique), _ROWS_PER_STATEMENT):
+                chunk = unique[start : start + _ROWS_PER_STATEMENT]
+                params: list[object] = []
+                for e in chunk:
+                    params += (
+                        e.event_id,
+                        e.event_type,
+                        e.event_version,
+                        e.key,
+                        e.source,
+                        e.correlation_id,
+                        e.value,
+                        now_ms,
+                    )
+                async with db.execute(
+                    f"INSERT INTO events ({_COLUMNS}) VALUES "
+                    f"{','.join([_ROW_PLACEHOLDER] * len(chunk))} "
+                    "ON CONFLICT(event_id) DO NOTHING RETURNING event_id",
+                    params,
+                ) as cursor:
+                    inserted.update(str(row[0]) for row in await cursor.fetchall())
+        self.on_commit.append(len(events))
+        if inserted:
+            self._appended.set()
         return [
             event.event_id in inserted and first[event.event_id] == position
             for position, event in enumerate(events)
@@ -227,14 +385,16 @@ class SqliteEventStore:
 
 
 def _row_to_stored(row: sqlite3.Row | tuple[object, ...]) -> StoredEvent:
-    seq, event_id, event_type, event_version, key, value, received_at_ms = row
+    seq, event_id, event_type, version, key, source, correlation_id, value, received_at_ms = row
     return StoredEvent(
         seq=LocalSeq(int(str(seq))),
         event=StorableEvent(
             event_id=EventId(str(event_id)),
             event_type=str(event_type),
-            event_version=int(str(event_version)),
+            event_version=int(str(version)),
             key=str(key),
+            source=str(source),
+            correlation_id=str(correlation_id),
             value=bytes(value) if isinstance(value, bytes | memoryview) else str(value).encode(),
         ),
         received_at_ms=int(str(received_at_ms)),
@@ -245,4 +405,6 @@ def _translate(exc: sqlite3.DatabaseError, what: str) -> StoreError:
     code = getattr(exc, "sqlite_errorcode", None)
     if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         return StoreCorrupt(f"{what}: database is damaged ({exc})")
+    if code == sqlite3.SQLITE_FULL:
+        return StoreUnavailable(f"{what}: store is full (quota or disk): {exc}")
     return StoreUnavailable(f"{what}: {exc}")

@@ -41,6 +41,8 @@ class StorableEvent:
     event_type: str
     event_version: int
     key: str
+    source: str
+    correlation_id: str
     value: bytes
 
     @classmethod
@@ -50,6 +52,8 @@ class StorableEvent:
             event_type=envelope.event_type,
             event_version=envelope.event_version,
             key=envelope.key,
+            source=envelope.source,
+            correlation_id=envelope.effective_correlation_id,
             value=envelope.encode(),
         )
 

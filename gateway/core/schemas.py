@@ -17,7 +17,7 @@ JSON (or repeats a key), a schema is not valid draft 2020-12, its ``$id`` is not
 ``format`` (no format checker is enabled, so a ``format`` would be silently unenforced: use a
 ``pattern``).
 
-Two deliberate departures from the letter of JSON Schema make validation stricter:
+Two deliberate departures from jsonschema's defaults make validation stricter:
 
 * ``integer`` means an integer *value*: ``2.0`` is not an integer (the standard accepts it), so
   a float never reaches a consumer that expects a whole number.
@@ -128,9 +128,33 @@ def _pattern_keyword(
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
+def _properties_keyword(
+    validator: Any, properties: Mapping[str, Any], instance: Any, _schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    # As jsonschema's, except that the error of a present property whose schema is ``false``
+    # keeps the property's path (jsonschema's descend() drops it).
+    if not _is_object(None, instance):
+        return
+    for name, subschema in properties.items():
+        if name not in instance:
+            continue
+        if subschema is False:
+            yield ValidationError(
+                f"False schema does not allow {instance[name]!r}",
+                validator="false",
+                validator_value=False,
+                instance=instance[name],
+                schema=False,
+                path=(name,),
+                schema_path=(name,),
+            )
+        else:
+            yield from validator.descend(instance[name], subschema, path=name, schema_path=name)
+
+
 _ValidatorClass: Final[type[Validator]] = _jsonschema_validators.extend(  # type: ignore[no-untyped-call]
     Draft202012Validator,
-    validators={"pattern": _pattern_keyword},
+    validators={"pattern": _pattern_keyword, "properties": _properties_keyword},
     type_checker=Draft202012Validator.TYPE_CHECKER.redefine_many(
         {"integer": _is_integer, "object": _is_object}
     ),
@@ -685,6 +709,8 @@ def _check_references(
 # -- turning a ValidationError into a Rejection ---------------------------------------------------
 
 _MAX_LISTED: Final = 5
+_MAX_MESSAGE: Final = 160
+_MAX_PATTERN_SHOWN: Final = 48
 
 
 def _rejection(error: ValidationError) -> Rejection:
@@ -692,6 +718,8 @@ def _rejection(error: ValidationError) -> Rejection:
     for part in error.absolute_path:
         field = f"{field}.{part}"
     child, message = _explain(error)
+    if len(message) > _MAX_MESSAGE:
+        message = message[: _MAX_MESSAGE - 3] + "..."
     if child is not None:
         field = f"{field}.{child}"
     return Rejection(RejectCode.INVALID_PAYLOAD, message, field)
@@ -703,7 +731,7 @@ def _explain(error: ValidationError) -> tuple[str | None, str]:
     value: Any = error.validator_value
     instance: Any = error.instance
     if _under_property_names(error):
-        _, problem = _explain_value(keyword, value, instance, error.message)
+        _, problem = _explain_value(keyword, value, instance, error)
         return str(instance), f"invalid property name: {problem}"
     if keyword == "required" and isinstance(instance, Mapping):
         missing = [name for name in value if name not in instance]
@@ -714,10 +742,12 @@ def _explain(error: ValidationError) -> tuple[str | None, str]:
         extra = _additional_properties(instance, error.schema)
         if extra:
             return extra[0], f"unexpected {_plural(len(extra), 'property')} {_names(extra)}"
-    return _explain_value(keyword, value, instance, error.message)
+    return _explain_value(keyword, value, instance, error)
 
 
-def _explain_value(keyword: object, value: Any, instance: Any, fallback: str) -> tuple[None, str]:
+def _explain_value(
+    keyword: object, value: Any, instance: Any, error: ValidationError
+) -> tuple[None, str]:
     got = f" (got {_short(instance)})"
     match keyword:
         case "type":
@@ -738,7 +768,7 @@ def _explain_value(keyword: object, value: Any, instance: Any, fallback: str) ->
         case "multipleOf":
             return None, f"must be a multiple of {value}{got}"
         case "pattern":
-            return None, f"does not match the pattern {value}{got}"
+            return None, _pattern_message(value, error.schema) + got
         case "minLength":
             return None, f"must be at least {_count(value, 'character')} long{got}"
         case "maxLength":
@@ -753,9 +783,17 @@ def _explain_value(keyword: object, value: Any, instance: Any, fallback: str) ->
             return None, f"must have at least {_count(value, 'property')}"
         case "maxProperties":
             return None, f"must have at most {_count(value, 'property')}"
-        case None:
+        case None | "false":
             return None, "is not allowed here"
-    return None, fallback if len(fallback) <= 160 else fallback[:157] + "..."
+    return None, error.message
+
+
+def _pattern_message(pattern: str, schema: Any) -> str:
+    """Show a short pattern; for a long one, the description of the value if it has one."""
+    description = schema.get("description") if isinstance(schema, Mapping) else None
+    if len(pattern) <= _MAX_PATTERN_SHOWN or not isinstance(description, str):
+        return f"does not match the pattern {pattern}"
+    return f"invalid format, expected {description.rstrip('.')}"
 
 
 def _under_property_names(error: ValidationError) -> bool:

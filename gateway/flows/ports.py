@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.core.ids import EventId, LocalSeq
 from gateway.core.ingest import StorableEvent
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """An event as the local store holds it."""
-
-    seq: LocalSeq
-    event: StorableEvent
-    received_at_ms: int
+from gateway.core.records import Backlog, OutRecord, QuarantineEntry, StoredEvent
 
 
 class EventStore(Protocol):
     """Durable, deduplicating event store of one gateway instance."""
+
+    store_id: str
+    """Identity of this store (a new store file has a new one)."""
 
     async def append(self, events: Sequence[StorableEvent]) -> list[bool]:
         """Store events durably; ``True`` for each that was new, ``False`` for a duplicate id.
@@ -36,4 +30,56 @@ class EventStore(Protocol):
 
     async def read_after(self, seq: LocalSeq, limit: int) -> list[StoredEvent]:
         """Events with a sequence above ``seq``, in store order, at most ``limit``."""
+        ...
+
+    async def wait_for_append(self, max_wait: float) -> None:
+        """Return once new events were committed since the last call, or after ``max_wait`` s."""
+        ...
+
+    async def forwarded_mark(self) -> LocalSeq:
+        """Highest sequence this instance knows to be committed in Kafka (0 if none)."""
+        ...
+
+    async def mark_forwarded(self, seq: LocalSeq) -> None: ...
+
+    async def backlog(self) -> Backlog: ...
+
+    async def quarantine(self, entries: Sequence[QuarantineEntry]) -> None: ...
+
+    async def quarantined(self, *, include_replayed: bool = False) -> list[QuarantineEntry]: ...
+
+    async def replay_quarantined(self, event_ids: Sequence[EventId] | None = None) -> int:
+        """Give quarantined events new sequences so that they are forwarded again."""
+        ...
+
+    async def prune_forwarded(self, received_before_ms: int) -> int:
+        """Delete forwarded, unquarantined events received before the cutoff."""
+        ...
+
+
+class KafkaPublisher(Protocol):
+    """Transactional writer of forwarded records and the forwarder's position."""
+
+    async def open(self, store_id: str) -> LocalSeq:
+        """Fence earlier incarnations of this instance, let their open transaction end, and
+        return the position committed in Kafka for this store (0 if none: a position written
+        for another store of the same instance id does not count). Raises
+        ``KafkaUnavailable``."""
+        ...
+
+    async def publish(
+        self, records: Sequence[OutRecord], position: LocalSeq, store_id: str
+    ) -> None:
+        """Commit ``records`` and ``position`` in one transaction, or nothing.
+
+        Raises ``RecordsRefused`` naming the records Kafka will never take (nothing committed),
+        ``KafkaUnavailable`` / ``KafkaFenced`` when the link must be rebuilt.
+        """
+        ...
+
+    async def close(self) -> None: ...
+
+    @property
+    def max_record_bytes(self) -> int:
+        """Largest record the publisher will attempt; larger ones go to the dead letters."""
         ...

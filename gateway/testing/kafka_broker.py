@@ -535,13 +535,16 @@ class KafkaBroker:
         self.start(timeout)
 
     def pause(self) -> None:
-        """Freeze the broker (SIGSTOP): connections stay open but nothing answers."""
-        self._require_running().send_signal(signal.SIGSTOP)
+        """Freeze the broker (SIGSTOP): connections stay open but nothing answers.
+
+        Returns once every thread of the JVM has stopped (not merely once the signal is sent).
+        """
         self._paused = True
+        self._require_running().pause()
 
     def resume(self) -> None:
         """Unfreeze a paused broker (SIGCONT)."""
-        self._require_running().send_signal(signal.SIGCONT)
+        self._require_running().resume()
         self._paused = False
 
     @property

@@ -148,6 +148,39 @@ class ChildProcess:
         """Send `sig` to the server's process group, if it is still running."""
         self._signal_group(sig)
 
+    def pause(self, timeout: float = 5.0) -> None:
+        """SIGSTOP the server and wait until every one of its threads has stopped.
+
+        kill() returns once the stop is queued; the kernel then stops the threads one by one,
+        and on a busy machine a network thread can still answer a request meanwhile. So wait
+        (Linux: /proc/<pid>/task/*/stat) until no thread is left running.
+        """
+        self._signal_group(signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while not self._all_threads_stopped():
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"process {self.pid} did not stop within {timeout:g} s")
+            time.sleep(0.005)
+
+    def resume(self) -> None:
+        """SIGCONT the server."""
+        self._signal_group(signal.SIGCONT)
+
+    def _all_threads_stopped(self) -> bool:
+        tasks = Path(f"/proc/{self.pid}/task")
+        if not tasks.is_dir():  # not Linux: trust the signal
+            return True
+        for stat in tasks.glob("*/stat"):
+            try:
+                fields = stat.read_text(encoding="ascii", errors="replace")
+            except OSError:  # the thread has just exited
+                continue
+            # "pid (comm) S ...": the state follows the last ')' (comm may contain anything).
+            state = fields.rpartition(")")[2].split()[:1]
+            if state and state[0] not in ("T", "t", "Z", "X"):
+                return False
+        return True
+
     def wait(self, timeout: float) -> int | None:
         """Wait up to `timeout` seconds for the server to exit; return its exit code or None."""
         try:

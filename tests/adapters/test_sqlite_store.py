@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.adapters.sqlite_store import SqliteEventStore
+from gateway.core.ids import LocalSeq
 from gateway.core.ingest import StorableEvent
 from gateway.errors import StoreCorrupt, StoreUnavailable
 from tests.factories import storable
@@ -74,3 +75,20 @@ async def test_garbage_file_is_refused_as_corrupt(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreCorrupt):
         await SqliteEventStore(path).open()
+
+
+async def test_full_store_refuses_and_recovers_after_prune(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "s.sqlite3", max_bytes=256 * 1024)
+    async with store:
+        big = [storable() for _ in range(2000)]
+        stored = 0
+        with pytest.raises(StoreUnavailable, match="full"):
+            for start in range(0, len(big), 50):
+                await store.append(big[start : start + 50])
+                stored += 50
+        assert stored > 0
+        assert await store.count() == stored  # the failed commit changed nothing
+        last = (await store.read_after(LocalSeq(0), stored))[-1]
+        await store.mark_forwarded(last.seq)
+        assert await store.prune_forwarded(received_before_ms=2**62) == stored
+        assert await store.append(big[stored : stored + 50]) == [True] * 50

@@ -9,7 +9,7 @@ import pytest
 from gateway.adapters.memory_store import MemoryEventStore
 from gateway.adapters.sqlite_store import SqliteEventStore
 from gateway.core.ids import LocalSeq
-from gateway.flows.ports import EventStore
+from gateway.flows.ports import Backlog, EventStore, QuarantineEntry
 from tests.factories import storable
 
 
@@ -65,3 +65,60 @@ async def test_empty_append_is_a_no_op(store: EventStore) -> None:
 
 async def test_unknown_id_is_none(store: EventStore) -> None:
     assert await store.get(storable().event_id) is None
+
+
+async def test_forwarded_mark_only_moves_forward(store: EventStore) -> None:
+    assert await store.forwarded_mark() == 0
+    await store.mark_forwarded(LocalSeq(5))
+    await store.mark_forwarded(LocalSeq(3))
+    assert await store.forwarded_mark() == 5
+
+
+async def test_backlog_counts_what_is_past_the_mark(store: EventStore) -> None:
+    await store.append([storable() for _ in range(5)])
+    page = await store.read_after(LocalSeq(0), 10)
+    assert (await store.backlog()).events == 5
+    await store.mark_forwarded(page[2].seq)
+    backlog = await store.backlog()
+    assert backlog.events == 2
+    assert backlog.oldest_received_ms == page[3].received_at_ms
+    await store.mark_forwarded(page[4].seq)
+    assert await store.backlog() == Backlog(0, None)
+
+
+async def test_quarantine_and_replay(store: EventStore) -> None:
+    events = [storable() for _ in range(3)]
+    await store.append(events)
+    page = await store.read_after(LocalSeq(0), 10)
+    poison = page[1]
+    entry = QuarantineEntry(poison.seq, poison.event.event_id, "record too large", 1)
+    await store.quarantine([entry])
+    await store.quarantine([entry])
+    assert await store.quarantined() == [entry]
+    await store.mark_forwarded(page[2].seq)
+    assert await store.replay_quarantined([poison.event.event_id]) == 1
+    assert await store.quarantined() == []
+    assert len(await store.quarantined(include_replayed=True)) == 1
+    again = await store.read_after(page[2].seq, 10)
+    assert [s.event for s in again] == [poison.event]
+    assert await store.count() == 3
+
+
+async def test_prune_keeps_unforwarded_and_quarantined(store: EventStore) -> None:
+    await store.append([storable() for _ in range(4)])
+    page = await store.read_after(LocalSeq(0), 10)
+    await store.quarantine([QuarantineEntry(page[0].seq, page[0].event.event_id, "x", 1)])
+    await store.mark_forwarded(page[2].seq)
+    pruned = await store.prune_forwarded(received_before_ms=page[3].received_at_ms + 1)
+    assert pruned == 2
+    left = await store.read_after(LocalSeq(0), 10)
+    assert [s.seq for s in left] == [page[0].seq, page[3].seq]
+    assert await store.prune_forwarded(received_before_ms=0) == 0
+
+
+async def test_wait_for_append_wakes_on_new_events(store: EventStore) -> None:
+    waiter = asyncio.ensure_future(store.wait_for_append(5))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    await store.append([storable()])
+    await asyncio.wait_for(waiter, 1)

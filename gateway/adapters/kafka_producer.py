@@ -1,0 +1,274 @@
+"""The forwarder's Kafka side: a transactional aiokafka producer plus the position topic.
+
+In each transaction the records of a batch and the forwarder's position (highest local sequence
+forwarded, keyed by instance id on a compacted topic) are written together, as Kafka Connect's
+exactly-once source connectors do (KIP-618). ``open()`` starts a producer with this instance's
+stable transactional id, which fences any zombie and ends its open transaction, and only then
+reads the committed position back with a ``read_committed`` consumer.
+
+aiokafka's errors are translated here: per-record refusals to ``RecordsRefused``, fencing to
+``KafkaFenced``, everything else to ``KafkaUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    InvalidMessageError,
+    MessageSizeTooLargeError,
+    ProducerFenced,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
+from aiokafka.errors import (
+    KafkaError as AiokafkaError,
+)
+
+from gateway.core.ids import InstanceId, LocalSeq
+from gateway.core.records import OutRecord
+from gateway.errors import KafkaFenced, KafkaUnavailable, RecordsRefused
+
+log = logging.getLogger(__name__)
+
+_REFUSED_FOR_GOOD: Final = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidMessageError,
+)
+_POSITION_SCAN_START: Final = 1000
+"""Records read back from the end of the position topic first (then 4x more each round)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    bootstrap: str
+    instance: InstanceId
+    position_topic: str
+    topics: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Topics the forwarder writes, with the configs to create them with."""
+    create_topics: bool = True
+    partitions: int = 3
+    replication_factor: int = 1
+    request_timeout_ms: int = 15_000
+    transaction_timeout_s: float = 30.0
+    max_record_bytes: int = 1_000_000
+    linger_ms: int = 5
+
+    @property
+    def transactional_id(self) -> str:
+        return f"sync-gateway.{self.instance}"
+
+
+class AiokafkaPublisher:
+    """:class:`~gateway.flows.ports.KafkaPublisher` on aiokafka."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._s = settings
+        self._producer: AIOKafkaProducer | None = None
+
+    @property
+    def max_record_bytes(self) -> int:
+        return self._s.max_record_bytes
+
+    async def open(self, store_id: str) -> LocalSeq:
+        await self.close()
+        try:
+            async with asyncio.timeout(self._s.transaction_timeout_s * 2):
+                if self._s.create_topics:
+                    await self._ensure_topics()
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._s.bootstrap,
+                    client_id=f"sync-gateway-{self._s.instance}",
+                    transactional_id=self._s.transactional_id,
+                    enable_idempotence=True,
+                    acks="all",
+                    linger_ms=self._s.linger_ms,
+                    max_batch_size=256 * 1024,
+                    max_request_size=self._s.max_record_bytes + 64 * 1024,
+                    request_timeout_ms=self._s.request_timeout_ms,
+                    transaction_timeout_ms=int(self._s.transaction_timeout_s * 1000),
+                )
+                try:
+                    await producer.start()  # init_transactions: fences zombies, ends their txn
+                    position = await self._read_position(store_id)
+                except BaseException:
+                    await _stop_quietly(producer)
+                    raise
+        except (AiokafkaError, OSError, TimeoutError) as exc:
+            raise KafkaUnavailable(f"cannot open the Kafka link: {_describe(exc)}") from exc
+        self._producer = producer
+        return position
+
+    async def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await _stop_quietly(producer)
+
+    async def publish(
+        self, records: Sequence[OutRecord], position: LocalSeq, store_id: str
+    ) -> None:
+        producer = self._producer
+        if producer is None:
+            raise KafkaUnavailable("the Kafka link is not open")
+        refused: dict[int, str] = {}
+        try:
+            async with asyncio.timeout(self._s.transaction_timeout_s):
+                await producer.begin_transaction()
+                try:
+                    sent: list[tuple[int, asyncio.Future[Any]]] = []
+                    for r in records:
+                        try:
+                            future = await producer.send(
+                                r.topic, r.value, key=r.key, headers=list(r.headers)
+                            )
+                        except _REFUSED_FOR_GOOD as exc:
+                            refused[r.seq] = _describe(exc)
+                            continue
+                        sent.append((r.seq, future))
+                    sent.append(
+                        (
+                            -1,
+                            await producer.send(
+                                self._s.position_topic,
+                                _position_value(position, self._s.instance, store_id),
+                                key=self._s.instance.encode(),
+                            ),
+                        )
+                    )
+                    outcomes = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+                    for (seq, _), outcome in zip(sent, outcomes, strict=True):
+                        if isinstance(outcome, _REFUSED_FOR_GOOD) and seq >= 0:
+                            refused[seq] = _describe(outcome)
+                        elif isinstance(outcome, BaseException):
+                            raise outcome
+                    if refused:
+                        raise RecordsRefused(refused)
+                    await producer.commit_transaction()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(producer.abort_transaction(), 5)
+                    raise
+        except RecordsRefused:
+            raise
+        except ProducerFenced as exc:
+            raise KafkaFenced(f"producer fenced: {_describe(exc)}") from exc
+        except (AiokafkaError, OSError, TimeoutError) as exc:
+            raise KafkaUnavailable(f"transaction failed: {_describe(exc)}") from exc
+
+    async def _ensure_topics(self) -> None:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._s.bootstrap, request_timeout_ms=self._s.request_timeout_ms
+        )
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            wanted = {**self._s.topics, self._s.position_topic: _POSITION_TOPIC_CONFIG}
+            missing = [
+                NewTopic(
+                    name,
+                    1 if name == self._s.position_topic else self._s.partitions,
+                    self._s.replication_factor,
+                    topic_configs=dict(configs),
+                )
+                for name, configs in wanted.items()
+                if name not in existing
+            ]
+            if missing:
+                log.info("creating Kafka topics: %s", ", ".join(t.name for t in missing))
+                await admin.create_topics(missing)
+        finally:
+            await admin.close()
+
+    async def _read_position(self, store_id: str) -> LocalSeq:
+        """The last position this instance committed, scanning back from the topic's end.
+
+        Reads with read_committed up to the high watermark taken now, so that a transaction
+        still open at this moment (another instance's) ends before we decide."""
+        partition = TopicPartition(self._s.position_topic, 0)
+        key = self._s.instance.encode()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._s.bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            request_timeout_ms=self._s.request_timeout_ms,
+        )
+        await consumer.start()
+        try:
+            consumer.assign([partition])
+            first = (await consumer.beginning_offsets([partition]))[partition]
+            end = await _high_watermark(self._s.bootstrap, partition)
+            window = _POSITION_SCAN_START
+            while end > first:
+                start = max(first, end - window)
+                found = await _last_value_for(consumer, partition, key, start, end)
+                if found is not None:
+                    value = json.loads(found)
+                    if value.get("store_id") != store_id:
+                        log.warning(
+                            "Kafka holds position %s of another store for instance %s;"
+                            " this store (%s) starts from its local mark",
+                            value.get("seq"),
+                            self._s.instance,
+                            store_id,
+                        )
+                        return LocalSeq(0)
+                    return LocalSeq(int(value["seq"]))
+                end, window = start, window * 4
+            return LocalSeq(0)
+        finally:
+            await consumer.stop()
+
+
+_POSITION_TOPIC_CONFIG: Final = {
+    "cleanup.policy": "compact",
+    "segment.bytes": str(16 * 1024 * 1024),
+    "min.cleanable.dirty.ratio": "0.1",
+}
+
+
+def _position_value(position: LocalSeq, instance: InstanceId, store_id: str) -> bytes:
+    return json.dumps({"seq": position, "instance": instance, "store_id": store_id}).encode()
+
+
+async def _high_watermark(bootstrap: str, partition: TopicPartition) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return int((await consumer.end_offsets([partition]))[partition])
+    finally:
+        await consumer.stop()
+
+
+async def _last_value_for(
+    consumer: AIOKafkaConsumer, partition: TopicPartition, key: bytes, start: int, end: int
+) -> bytes | None:
+    consumer.seek(partition, start)
+    found: bytes | None = None
+    while await consumer.position(partition) < end:
+        batches = await consumer.getmany(partition, timeout_ms=1000, max_records=5000)
+        for message in batches.get(partition, []):
+            if message.offset >= end:
+                return found
+            if message.key == key and message.value is not None:
+                found = message.value
+    return found
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.stop(), 10)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

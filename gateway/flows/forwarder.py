@@ -1,0 +1,231 @@
+"""Forwarder: local store -> Kafka, exactly once, in store order, whatever the link does.
+
+A *session* opens the Kafka link (which fences zombies and reads back the position committed in
+Kafka), then forwards batches: each batch's records and the new position go in one Kafka
+transaction, and only after its commit is the local mark advanced. A crash between the two is
+harmless: the next session starts from Kafka's position, not the local mark. Any Kafka failure
+ends the session; a new one starts after a capped, jittered backoff, with a new producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from gateway.core.backoff import Backoff
+from gateway.core.forwarding import plan_records
+from gateway.core.ids import InstanceId, LocalSeq
+from gateway.core.records import QuarantineEntry, StoredEvent
+from gateway.core.routing import TopicRouter
+from gateway.errors import KafkaError, RecordsRefused, StoreError
+from gateway.flows.ports import EventStore, KafkaPublisher
+from gateway.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+
+class LinkState(StrEnum):
+    STARTING = "starting"
+    UP = "up"
+    DOWN = "down"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class ForwarderSettings:
+    router: TopicRouter
+    dead_letter_topic: str
+    instance: InstanceId
+    bootstrap: str
+    batch_max: int = 1000
+    idle_wait_s: float = 0.5
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    housekeeping_interval_s: float = 1.0
+    prune_interval_s: float = 60.0
+    crash_hook: Callable[[str], None] = field(default=lambda point: None)
+    """Fault injection for tests: called at named points; may end the process."""
+
+
+class Forwarder:
+    def __init__(
+        self,
+        store: EventStore,
+        publisher: KafkaPublisher,
+        settings: ForwarderSettings,
+        metrics: GatewayMetrics,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._s = settings
+        self._metrics = metrics
+        self._backoff = backoff if backoff is not None else Backoff(base=0.2, cap=10.0)
+        self.state = LinkState.STARTING
+        self.last_error: str | None = None
+        self.position = LocalSeq(0)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "bootstrap": self._s.bootstrap,
+            "position": self.position,
+            "last_error": self.last_error,
+        }
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self.run(), name="forwarder"),
+            asyncio.create_task(self._housekeeping(), name="forwarder-housekeeping"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._publisher.close()
+        self.state = LinkState.STOPPED
+
+    async def drain(self, deadline_s: float) -> bool:
+        """Wait until the backlog is forwarded or the deadline passes; True if drained."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if (await self._store.backlog()).events == 0:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def run(self) -> None:
+        """Sessions until cancelled; a failed session is followed by a backoff."""
+        while True:
+            try:
+                await self._session()
+            except (KafkaError, StoreError) as exc:
+                self._link_down(exc)
+                await asyncio.sleep(self._backoff.next_delay())
+
+    async def _session(self) -> None:
+        kafka_position = await self._publisher.open(self._store.store_id)
+        local_mark = await self._store.forwarded_mark()
+        if local_mark > kafka_position:
+            log.warning(
+                "local mark %d is ahead of Kafka's position %d for %s (position topic reset?);"
+                " continuing from the local mark",
+                local_mark,
+                kafka_position,
+                self._s.instance,
+            )
+        self.position = max(kafka_position, local_mark)
+        if kafka_position > local_mark:
+            await self._store.mark_forwarded(kafka_position)
+        self._link_up()
+        while True:
+            batch = await self._store.read_after(self.position, self._s.batch_max)
+            if not batch:
+                await self._store.wait_for_append(self._s.idle_wait_s)
+                continue
+            try:
+                await self._forward(batch)
+            except RecordsRefused:
+                # Kafka refused part of a multi-record batch: find the culprits one by one,
+                # so that no innocent event of the batch lands in the dead letters.
+                for stored in batch:
+                    await self._forward([stored])
+            self._backoff.reset()
+
+    async def _forward(self, batch: list[StoredEvent]) -> None:
+        """Commit one batch (plus dead letters and position) to Kafka, then mark it locally."""
+        refused: dict[LocalSeq, str] = {}
+        while True:
+            plan = plan_records(
+                batch,
+                refused,
+                router=self._s.router,
+                dead_letter_topic=self._s.dead_letter_topic,
+                instance=self._s.instance,
+                max_record_bytes=self._publisher.max_record_bytes,
+            )
+            if plan.dead_letters:
+                await self._quarantine(batch, plan.dead_letters)
+            try:
+                self._s.crash_hook("before_kafka_commit")
+                await self._publisher.publish(plan.records, plan.position, self._store.store_id)
+                break
+            except RecordsRefused as exc:
+                if len(batch) > 1:
+                    raise
+                refused.update({LocalSeq(seq): reason for seq, reason in exc.refused.items()})
+        self._s.crash_hook("after_kafka_commit")
+        await self._store.mark_forwarded(plan.position)
+        self.position = plan.position
+        now_ms = time.time() * 1000
+        self._metrics.forwarded.inc(len(batch) - len(plan.dead_letters))
+        for stored in batch:
+            self._metrics.forward_latency.observe(max(0.0, now_ms - stored.received_at_ms) / 1000)
+
+    async def _quarantine(self, batch: list[StoredEvent], dead: dict[LocalSeq, str]) -> None:
+        now_ms = int(time.time() * 1000)
+        entries = [
+            QuarantineEntry(s.seq, s.event.event_id, dead[s.seq], now_ms)
+            for s in batch
+            if s.seq in dead
+        ]
+        for entry in entries:
+            log.error(
+                "event %s (seq %d) goes to the dead letters: %s",
+                entry.event_id,
+                entry.seq,
+                entry.reason,
+            )
+        await self._store.quarantine(entries)
+
+    def _link_up(self) -> None:
+        if self.state is not LinkState.UP:
+            log.info(
+                "Kafka link up at %s; forwarding from local seq %d",
+                self._s.bootstrap,
+                self.position,
+            )
+        self.state = LinkState.UP
+        self.last_error = None
+        self._metrics.kafka_up.set(1)
+
+    def _link_down(self, exc: Exception) -> None:
+        self.last_error = str(exc)
+        if self.state is not LinkState.DOWN:
+            log.warning(
+                "Kafka unreachable at %s (%s); events are still acknowledged into the local"
+                " store and will be forwarded when Kafka is back",
+                self._s.bootstrap,
+                exc,
+            )
+        self.state = LinkState.DOWN
+        self._metrics.kafka_up.set(0)
+
+    async def _housekeeping(self) -> None:
+        """Refresh backlog gauges; prune forwarded events past their retention."""
+        last_prune = 0.0
+        while True:
+            with contextlib.suppress(StoreError):
+                backlog = await self._store.backlog()
+                self._metrics.backlog_events.set(backlog.events)
+                age = 0.0
+                if backlog.oldest_received_ms is not None:
+                    age = max(0.0, time.time() - backlog.oldest_received_ms / 1000)
+                self._metrics.backlog_age.set(age)
+                self._metrics.dlq_events.set(len(await self._store.quarantined()))
+                if time.monotonic() - last_prune >= self._s.prune_interval_s:
+                    last_prune = time.monotonic()
+                    cutoff = int(time.time() * 1000) - self._s.retention_ms
+                    pruned = await self._store.prune_forwarded(cutoff)
+                    if pruned:
+                        log.info("pruned %d forwarded events past retention", pruned)
+            await asyncio.sleep(self._s.housekeeping_interval_s)
