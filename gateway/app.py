@@ -89,6 +89,7 @@ class Gateway:
                 bootstrap=config.kafka_bootstrap,
                 batch_max=config.forward_batch_max,
                 retention_ms=config.retention_s * 1000,
+                prune_interval_s=config.prune_interval_s,
                 crash_hook=_crash_hook(config.crash_point),
             ),
             self.metrics,

@@ -100,6 +100,9 @@ class GatewayConfig(BaseSettings):
     retention_s: int = Field(
         DEFAULT_RETENTION_S, gt=0, description="Forwarded events are pruned after this."
     )
+    prune_interval_s: float = Field(
+        60.0, gt=0, description="How often forwarded events past retention are pruned."
+    )
     max_store_bytes: int | None = Field(
         None, gt=0, description="Store quota; ingest answers 503 when it is reached."
     )

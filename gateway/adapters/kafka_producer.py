@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -86,18 +86,7 @@ class AiokafkaPublisher:
             async with asyncio.timeout(self._s.transaction_timeout_s * 2):
                 if self._s.create_topics:
                     await self._ensure_topics()
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self._s.bootstrap,
-                    client_id=f"sync-gateway-{self._s.instance}",
-                    transactional_id=self._s.transactional_id,
-                    enable_idempotence=True,
-                    acks="all",
-                    linger_ms=self._s.linger_ms,
-                    max_batch_size=256 * 1024,
-                    max_request_size=self._s.max_record_bytes + 64 * 1024,
-                    request_timeout_ms=self._s.request_timeout_ms,
-                    transaction_timeout_ms=int(self._s.transaction_timeout_s * 1000),
-                )
+                producer = self._new_producer()
                 try:
                     await producer.start()  # init_transactions: fences zombies, ends their txn
                     position = await self._read_position(store_id)
@@ -108,6 +97,32 @@ class AiokafkaPublisher:
             raise KafkaUnavailable(f"cannot open the Kafka link: {_describe(exc)}") from exc
         self._producer = producer
         return position
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self._s.bootstrap,
+            client_id=f"sync-gateway-{self._s.instance}",
+            transactional_id=self._s.transactional_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=self._s.linger_ms,
+            max_batch_size=256 * 1024,
+            max_request_size=self._s.max_record_bytes + 64 * 1024,
+            request_timeout_ms=self._s.request_timeout_ms,
+            transaction_timeout_ms=int(self._s.transaction_timeout_s * 1000),
+        )
+
+    async def _renew_producer(self) -> None:
+        """A broker-side refusal leaves the idempotent producer's sequence numbers out of
+        step (the refused batch used them up); a new producer epoch starts them afresh."""
+        await self.close()
+        producer = self._new_producer()
+        try:
+            await producer.start()
+        except BaseException:
+            await _stop_quietly(producer)
+            raise
+        self._producer = producer
 
     async def close(self) -> None:
         producer, self._producer = self._producer, None
@@ -146,11 +161,17 @@ class AiokafkaPublisher:
                         )
                     )
                     outcomes = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+                    broker_refused = False
                     for (seq, _), outcome in zip(sent, outcomes, strict=True):
                         if isinstance(outcome, _REFUSED_FOR_GOOD) and seq >= 0:
                             refused[seq] = _describe(outcome)
+                            broker_refused = True
                         elif isinstance(outcome, BaseException):
                             raise outcome
+                    if broker_refused:
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(producer.abort_transaction(), 5)
+                        await self._renew_producer()
                     if refused:
                         raise RecordsRefused(refused)
                     await producer.commit_transaction()
@@ -187,7 +208,7 @@ class AiokafkaPublisher:
                 log.info("creating Kafka topics: %s", ", ".join(t.name for t in missing))
                 await admin.create_topics(missing)
         finally:
-            await admin.close()
+            await _close_quietly(admin.close())
 
     async def _read_position(self, store_id: str) -> LocalSeq:
         """The last position this instance committed, scanning back from the topic's end.
@@ -226,7 +247,7 @@ class AiokafkaPublisher:
                 end, window = start, window * 4
             return LocalSeq(0)
         finally:
-            await consumer.stop()
+            await _close_quietly(consumer.stop())
 
 
 _POSITION_TOPIC_CONFIG: Final = {
@@ -246,7 +267,7 @@ async def _high_watermark(bootstrap: str, partition: TopicPartition) -> int:
     try:
         return int((await consumer.end_offsets([partition]))[partition])
     finally:
-        await consumer.stop()
+        await _close_quietly(consumer.stop())
 
 
 async def _last_value_for(
@@ -265,8 +286,14 @@ async def _last_value_for(
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    await _close_quietly(producer.stop())
+
+
+async def _close_quietly(closing: Coroutine[Any, Any, object]) -> None:
+    """Close a client without hanging: aiokafka's stop() can wait forever on a dead broker,
+    and a hang in cleanup would outlive the caller's timeout."""
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(producer.stop(), 10)
+        await asyncio.wait_for(closing, 10)
 
 
 def _describe(exc: BaseException) -> str:

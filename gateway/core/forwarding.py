@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from gateway.core.ids import InstanceId, LocalSeq
@@ -93,13 +94,15 @@ def plan_records(
     batch: Sequence[StoredEvent],
     refused: Mapping[LocalSeq, str],
     *,
+    bare_letters: AbstractSet[LocalSeq] = frozenset(),
     router: TopicRouter,
     dead_letter_topic: str,
     instance: InstanceId,
     max_record_bytes: int,
 ) -> BatchRecords:
     """Records for ``batch`` in store order; known refusals and oversize records become
-    dead letters. ``position`` is the batch's last sequence."""
+    dead letters (without the envelope for sequences in ``bare_letters``, whose full dead
+    letter was refused too). ``position`` is the batch's last sequence."""
     records: list[OutRecord] = []
     dead: dict[LocalSeq, str] = {}
     for stored in batch:
@@ -115,7 +118,7 @@ def plan_records(
                 topic=dead_letter_topic,
                 intended_topic=record.topic,
                 instance=instance,
-                max_bytes=max_record_bytes,
+                max_bytes=0 if stored.seq in bare_letters else max_record_bytes,
             )
         records.append(record)
     return BatchRecords(records, dead, batch[-1].seq)

@@ -23,7 +23,7 @@ from gateway.core.forwarding import plan_records
 from gateway.core.ids import InstanceId, LocalSeq
 from gateway.core.records import QuarantineEntry, StoredEvent
 from gateway.core.routing import TopicRouter
-from gateway.errors import KafkaError, RecordsRefused, StoreError
+from gateway.errors import KafkaError, KafkaUnavailable, RecordsRefused, StoreError
 from gateway.flows.ports import EventStore, KafkaPublisher
 from gateway.metrics import GatewayMetrics
 
@@ -144,10 +144,12 @@ class Forwarder:
     async def _forward(self, batch: list[StoredEvent]) -> None:
         """Commit one batch (plus dead letters and position) to Kafka, then mark it locally."""
         refused: dict[LocalSeq, str] = {}
+        bare: set[LocalSeq] = set()
         while True:
             plan = plan_records(
                 batch,
                 refused,
+                bare_letters=bare,
                 router=self._s.router,
                 dead_letter_topic=self._s.dead_letter_topic,
                 instance=self._s.instance,
@@ -162,7 +164,17 @@ class Forwarder:
             except RecordsRefused as exc:
                 if len(batch) > 1:
                     raise
-                refused.update({LocalSeq(seq): reason for seq, reason in exc.refused.items()})
+                for seq, reason in exc.refused.items():
+                    seq = LocalSeq(seq)
+                    if seq in bare:
+                        raise KafkaUnavailable(
+                            f"the dead-letter topic {self._s.dead_letter_topic} refuses even"
+                            f" a bare dead letter ({reason}); fix its configuration"
+                        ) from exc
+                    if seq in refused:
+                        bare.add(seq)  # the full dead letter is too large: send it bare
+                    else:
+                        refused[seq] = reason
         self._s.crash_hook("after_kafka_commit")
         await self._store.mark_forwarded(plan.position)
         self.position = plan.position
@@ -186,6 +198,7 @@ class Forwarder:
                 entry.reason,
             )
         await self._store.quarantine(entries)
+        self._metrics.dlq_events.set(len(await self._store.quarantined()))
 
     def _link_up(self) -> None:
         if self.state is not LinkState.UP:
@@ -207,6 +220,8 @@ class Forwarder:
                 self._s.bootstrap,
                 exc,
             )
+        else:
+            log.info("Kafka link still down: %s", exc)
         self.state = LinkState.DOWN
         self._metrics.kafka_up.set(0)
 

@@ -72,7 +72,9 @@ class KafkaPublisher(Protocol):
     ) -> None:
         """Commit ``records`` and ``position`` in one transaction, or nothing.
 
-        Raises ``RecordsRefused`` naming the records Kafka will never take (nothing committed),
+        Raises ``RecordsRefused`` naming the records Kafka will never take (nothing committed;
+        Kafka refuses whole produce batches, so innocent records of the culprit's batch may be
+        named too: a caller finds the culprit by publishing one record at a time),
         ``KafkaUnavailable`` / ``KafkaFenced`` when the link must be rebuilt.
         """
         ...

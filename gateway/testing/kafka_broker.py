@@ -137,6 +137,8 @@ def ensure_jars(cache_dir: Path | None = None) -> Path:
         return target
     if _has_kafka_jars(target):
         return target
+    if target.is_dir() and any(target.iterdir()):
+        raise RuntimeError(f"{target} exists but holds no Kafka jars; remove it and retry")
     find_java()
     mvn = _find_mvn()
     target.parent.mkdir(parents=True, exist_ok=True)

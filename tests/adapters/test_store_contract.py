@@ -9,7 +9,8 @@ import pytest
 from gateway.adapters.memory_store import MemoryEventStore
 from gateway.adapters.sqlite_store import SqliteEventStore
 from gateway.core.ids import LocalSeq
-from gateway.flows.ports import Backlog, EventStore, QuarantineEntry
+from gateway.core.records import Backlog, QuarantineEntry
+from gateway.flows.ports import EventStore
 from tests.factories import storable
 
 

@@ -645,8 +645,8 @@ def test_a_schema_beyond_the_fast_path_is_still_enforced(tmp_path: Path) -> None
         ("^[A-Z]{3}$", "EUR\n", False),  # ECMA-262 "$": end of input, not before a final newline
         ("^\\$[0-9]+$", "$12", True),  # an escaped "$" is a literal dollar sign
         ("^\\$[0-9]+$", "$12\n", False),
-        ("^[$€][0-9]+$", "$5", True),  # so is "$" in a character class
-        ("^[$€][0-9]+$", "$5\n", False),
+        ("^[€$][0-9]+$", "$5", True),  # so is "$" in a character class
+        ("^[€$][0-9]+$", "$5\n", False),
         ("[0-9]", "abc1def", True),  # patterns are not anchored unless they say so
         ("^(a|b$)", "b\n", False),
         ("^(a|b$)", "a\n", True),
@@ -751,7 +751,7 @@ def dotted(path: JsonPath) -> str:
 BOUNDARY_VALUES: list[object] = [
     *(None, True, False, 0, 1, -1, 10000, 10001, 2**63, 2.0, 1.5, -0.0, float("nan")),
     *("", "x", "x" * 64, "x" * 65, "x" * 128, "x" * 129, "EUR", "EUR\n", "1.00", "pickup"),
-    *([], {}, ["x"], {"x": "y"}),
+    *([], {}, ["x"], {"x": "y"}, {"a": 1, "b": 2, "c": 3}),
 ]
 
 
@@ -869,20 +869,30 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> SchemaRegistry:
     return SchemaRegistry.load(root)
 
 
-@settings(max_examples=600, deadline=None)
-@given(
-    name=st.sampled_from(sorted(KEYWORD_ZOO)),
-    value=st.sampled_from(BOUNDARY_VALUES) | plausible | json_values,
-)
-def test_fast_path_agrees_with_jsonschema_on_every_supported_keyword(
-    zoo: SchemaRegistry, name: str, value: object
-) -> None:
+def assert_fast_path_agrees(zoo: SchemaRegistry, name: str, value: object) -> None:
     compiled = zoo._compiled["Thing.Happened"][1]
     assert compiled.has_fast_path
     payload: dict[str, Any] = {name: value}
-    assert compiled.fast(payload) is compiled.validator.is_valid(payload)
+    valid = compiled.validator.is_valid(payload)
+    assert compiled.fast(payload) is valid, (name, value)
     rejection = zoo.check("Thing.Happened", 1, payload)
-    assert (rejection is None) is compiled.validator.is_valid(payload)
+    assert (rejection is None) is valid
     if rejection is not None:
         assert rejection.field is not None
         assert rejection.field.startswith(f"payload.{name}")
+
+
+def test_fast_path_agrees_with_jsonschema_on_every_keyword_at_the_boundaries(
+    zoo: SchemaRegistry,
+) -> None:
+    for name in KEYWORD_ZOO:
+        for value in BOUNDARY_VALUES:
+            assert_fast_path_agrees(zoo, name, value)
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=st.sampled_from(sorted(KEYWORD_ZOO)), value=plausible | json_values)
+def test_fast_path_agrees_with_jsonschema_on_every_keyword(
+    zoo: SchemaRegistry, name: str, value: object
+) -> None:
+    assert_fast_path_agrees(zoo, name, value)

@@ -1,0 +1,498 @@
+"""Ingest + exactly-once forwarding to a real Kafka broker: throughput, latency, backlog drain.
+
+Starts its own single-node Kafka broker and a gateway process, then measures
+
+1. sustained throughput: clients POST at full speed for ``--seconds``; events/s acknowledged,
+   and events/s committed to Kafka (from the first request until the backlog is 0);
+2. end-to-end latency at a paced, moderate load (``--load`` x the acknowledged rate of 1): from
+   just before the HTTP request until a ``read_committed`` consumer running here sees the record;
+3. the drain of a backlog left by an outage: the broker is stopped, ``--backlog`` events are
+   acknowledged into the local store, the broker is started; the drain rate is measured from
+   the moment the backlog is seen shrinking until it is 0 (the broker's own start-up and the
+   forwarder's reconnection delay are reported beside it);
+4. the baseline, in the same run: a bare aiokafka producer (acks=all, idempotent, no
+   transactions; same linger and batch size as the gateway's producer) sending records of the
+   same size, keys and headers to a topic with the same partitions, as fast as it can.
+
+Every figure is printed next to the baseline as a ratio. The clients, the consumer and the
+baseline producer run in this process; the gateway and the broker in their own.
+
+    python -m benchmarks.forward [--seconds 10] [--clients 8] [--batch 200] [--backlog 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from benchmarks.common import MSGPACK, Figures, RawHttpConnection, new_histogram
+from gateway.core.envelope import Envelope, parse_envelope
+from gateway.core.forwarding import event_record
+from gateway.core.ids import LocalSeq
+from gateway.core.ingest import StorableEvent
+from gateway.core.records import OutRecord, StoredEvent
+from gateway.core.routing import DEFAULT_ROUTES, TopicRouter
+from gateway.testing.gateway_process import GatewayProcess
+from gateway.testing.kafka_broker import KafkaBroker
+from tests.factories import order_placed
+
+PARTITIONS = 3
+"""Partitions of the gateway's topics (its default) and of the baseline's topic."""
+TOPIC = DEFAULT_ROUTES["Order"]
+BASELINE_TOPIC = f"baseline.{TOPIC}"
+KEYS = 1000
+_ID_SLOT = "ffffffff-ffff-4fff-bfff-ffffffffffff"
+_KEY_SLOT = "order-#####"
+
+
+class EventSource:
+    """Order.Placed events with sequential ids and fixed-width keys, so that every event (and
+    every Kafka record) has the same size, made by patching one template: cheap enough for the
+    load side to cost far less than the gateway."""
+
+    def __init__(self) -> None:
+        self._run = uuid.uuid4().hex[:8]
+        self._next = 0
+        packed: bytes = msgpack.packb(order_placed(_KEY_SLOT, event_id=_ID_SLOT))
+        self._packed = packed
+
+    def event_id(self, n: int) -> str:
+        return f"{self._run}-0000-4000-8000-{n:012x}"
+
+    @staticmethod
+    def key(n: int) -> str:
+        return f"order-{n % KEYS:05d}"
+
+    def body(self, count: int) -> tuple[bytes, list[str]]:
+        """A msgpack ``{"events": [...]}`` body of ``count`` new events, and their ids."""
+        start, self._next = self._next, self._next + count
+        ids = [self.event_id(n) for n in range(start, start + count)]
+        header: bytes = msgpack.packb({"events": [None] * count})[:-count]  # None packs as 1 byte
+        parts = [header]
+        for n, event_id in zip(range(start, start + count), ids, strict=True):
+            parts.append(
+                self._packed.replace(_ID_SLOT.encode(), event_id.encode()).replace(
+                    _KEY_SLOT.encode(), self.key(n).encode()
+                )
+            )
+        return b"".join(parts), ids
+
+
+def template_record() -> OutRecord:
+    """The record the gateway's own code makes of a template event (value, key, headers)."""
+    envelope = parse_envelope(order_placed(_KEY_SLOT, event_id=_ID_SLOT))
+    if not isinstance(envelope, Envelope):
+        raise RuntimeError(f"the template event is refused: {envelope}")
+    stored = StoredEvent(LocalSeq(1), StorableEvent.from_envelope(envelope), 0)
+    return event_record(stored, TopicRouter(DEFAULT_ROUTES))
+
+
+# -- the gateway's side ------------------------------------------------------------------------
+
+
+async def readiness(http: httpx.AsyncClient) -> dict[str, Any]:
+    answer = await http.get("/readyz")
+    details: dict[str, Any] = answer.json()
+    return details
+
+
+async def backlog_events(http: httpx.AsyncClient) -> int:
+    return int((await readiness(http))["backlog"]["events"])
+
+
+async def wait_for_empty_backlog(http: httpx.AsyncClient, timeout_s: float) -> float:
+    """Poll until the backlog is 0; the time it became 0 (perf_counter)."""
+    end = time.perf_counter() + timeout_s
+    while time.perf_counter() < end:
+        if await backlog_events(http) == 0:
+            return time.perf_counter()
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"backlog not forwarded within {timeout_s:g}s")
+
+
+@dataclass
+class Load:
+    acked: int = 0
+    requests: int = 0
+
+
+async def post_batch(connection: RawHttpConnection, body: bytes, count: int, load: Load) -> None:
+    status, answer = await connection.post("/v1/events", body, MSGPACK)
+    if status != 200:
+        raise RuntimeError(f"{status}: {answer[:300]!r}")
+    results: dict[str, Any] = msgpack.unpackb(answer)
+    if results["accepted"] != count:
+        raise RuntimeError(f"only {results['accepted']} of {count} events accepted")
+    load.acked += count
+    load.requests += 1
+
+
+async def full_speed(
+    port: int, source: EventSource, clients: int, batch: int, seconds: float, load: Load
+) -> float:
+    """Clients POST new batches back to back for ``seconds``; the elapsed time."""
+    deadline = time.perf_counter() + seconds
+
+    async def client() -> None:
+        connection = RawHttpConnection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < deadline:
+                body, _ = source.body(batch)
+                await post_batch(connection, body, batch, load)
+        finally:
+            await connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return time.perf_counter() - started
+
+
+async def upload(port: int, source: EventSource, clients: int, batch: int, events: int) -> None:
+    """POST exactly ``events`` new events, as fast as possible."""
+    load = Load()
+    todo = [batch] * (events // batch) + ([events % batch] if events % batch else [])
+
+    async def client() -> None:
+        connection = RawHttpConnection("127.0.0.1", port)
+        try:
+            while todo:
+                count = todo.pop()
+                body, _ = source.body(count)
+                await post_batch(connection, body, count, load)
+        finally:
+            await connection.close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    assert load.acked == events
+
+
+# -- (1) sustained throughput -------------------------------------------------------------------
+
+
+async def sustained(
+    gateway: GatewayProcess, source: EventSource, clients: int, batch: int, seconds: float
+) -> tuple[Figures, Figures]:
+    load = Load()
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        assert await backlog_events(http) == 0
+        started = time.perf_counter()
+        elapsed = await full_speed(gateway.port, source, clients, batch, seconds, load)
+        drained = await wait_for_empty_backlog(http, 600)
+    return (
+        Figures(f"(1) full speed, {clients}x{batch} ev/request: acknowledged", load.acked, elapsed),
+        Figures("(1) full speed: committed to Kafka (backlog 0)", load.acked, drained - started),
+    )
+
+
+# -- (2) end-to-end latency ---------------------------------------------------------------------
+
+
+@dataclass
+class Watch:
+    """Send times of events, and what the consumer saw."""
+
+    sent_at: dict[str, float]
+    seen: int = 0
+    value_bytes: int = 0
+
+
+async def consume_latencies(
+    consumer: Any, watch: Watch, histogram: Any, stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
+        now = time.perf_counter()
+        for messages in batches.values():
+            for message in messages:
+                event_id = dict(message.headers)["event_id"].decode()
+                sent = watch.sent_at.pop(event_id, None)
+                if sent is not None:
+                    histogram.record_value(max(1, int((now - sent) * 1e6)))
+                    watch.seen += 1
+                    watch.value_bytes = len(message.value)
+
+
+async def latency(
+    gateway: GatewayProcess,
+    bootstrap: str,
+    source: EventSource,
+    rate: float,
+    clients: int,
+    batch: int,
+    seconds: float,
+) -> Figures:
+    """Paced clients (``rate`` events/s in all); each event's latency until consumed."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+    )
+    await consumer.start()
+    histogram = new_histogram()
+    watch = Watch({})
+    stop = asyncio.Event()
+    try:
+        partitions = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await consumer.position(tp)  # resolve the end offsets before any load
+        reader = asyncio.create_task(consume_latencies(consumer, watch, histogram, stop))
+        interval = clients * batch / rate
+        deadline = time.perf_counter() + seconds
+        load = Load()
+
+        async def client(index: int) -> None:
+            connection = RawHttpConnection("127.0.0.1", gateway.port)
+            next_at = time.perf_counter() + interval * index / clients
+            try:
+                while next_at < deadline:
+                    await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                    body, ids = source.body(batch)
+                    t0 = time.perf_counter()
+                    watch.sent_at.update(dict.fromkeys(ids, t0))
+                    await post_batch(connection, body, batch, load)
+                    next_at += interval
+            finally:
+                await connection.close()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        elapsed = time.perf_counter() - started
+        for _ in range(2400):  # up to 2 minutes for the last records
+            if not watch.sent_at or reader.done():
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await reader
+        if watch.sent_at:
+            raise RuntimeError(f"{len(watch.sent_at)} events never seen by the consumer")
+    finally:
+        stop.set()
+        await consumer.stop()
+    return Figures("(2) paced load: end-to-end latency", load.acked, elapsed, histogram)
+
+
+# -- (3) drain after an outage ------------------------------------------------------------------
+
+
+@dataclass
+class Drain:
+    events: int
+    upload_s: float
+    """Time to acknowledge the backlog into the store with Kafka down."""
+    broker_ready_s: float
+    """From broker.start() to the broker being ready (JVM start, readiness probe)."""
+    moving_s: float
+    """From broker.start() to the first poll that saw the backlog shrink."""
+    drained_s: float
+    """From broker.start() to the backlog being 0."""
+    backlog_when_moving: int
+
+    @property
+    def figures(self) -> Figures:
+        return Figures(
+            "(3) backlog drain, once moving, until backlog 0",
+            self.backlog_when_moving,
+            self.drained_s - self.moving_s,
+        )
+
+
+async def watch_drain(
+    http: httpx.AsyncClient, started: float, events: int
+) -> tuple[float, int, float]:
+    """Poll /readyz until the backlog is 0: (the first poll to see it shrink, the backlog
+    then, the first poll to see it 0), in seconds since ``started``. Polls sparingly: each
+    poll counts the backlog in the store."""
+    moving: float | None = None
+    backlog_when_moving = 0
+    for _ in range(20_000):
+        backlog = await backlog_events(http)
+        now = time.perf_counter() - started
+        if moving is None and backlog < events:
+            moving, backlog_when_moving = now, backlog
+        if backlog == 0:
+            return (now if moving is None else moving), backlog_when_moving, now
+        await asyncio.sleep(0.1 if moving is None else 0.25)
+    raise TimeoutError("the backlog was not drained")
+
+
+async def drain_after_outage(
+    gateway: GatewayProcess,
+    broker: KafkaBroker,
+    source: EventSource,
+    events: int,
+    clients: int,
+    batch: int,
+) -> Drain:
+    """Stop the broker, acknowledge ``events`` into the store, start the broker, time the
+    drain (watched from the moment the broker is started)."""
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        assert await backlog_events(http) == 0
+        await asyncio.to_thread(broker.stop)
+        started = time.perf_counter()
+        await upload(gateway.port, source, clients, batch, events)
+        upload_s = time.perf_counter() - started
+        print(f"    backlog acknowledged with Kafka down in {upload_s:.1f}s", flush=True)
+        assert await backlog_events(http) == events
+        started = time.perf_counter()
+        watcher = asyncio.create_task(watch_drain(http, started, events))
+        await asyncio.to_thread(broker.start, 120)
+        broker_ready_s = time.perf_counter() - started
+        moving_s, backlog_when_moving, drained_s = await watcher
+    return Drain(events, upload_s, broker_ready_s, moving_s, drained_s, backlog_when_moving)
+
+
+# -- (4) baseline -------------------------------------------------------------------------------
+
+
+async def create_topic(bootstrap: str, name: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, PARTITIONS, 1)])
+    finally:
+        await admin.close()
+
+
+async def baseline(bootstrap: str, source: EventSource, events: int) -> Figures:
+    """A bare idempotent producer sending ``events`` records like the gateway's, flat out."""
+    await create_topic(bootstrap, BASELINE_TOPIC)
+    template = template_record()
+    headers = list(template.headers)
+    id_at = [name for name, _ in headers].index("event_id")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id="baseline",
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,  # as the gateway's producer
+        max_batch_size=256 * 1024,
+    )
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        previous: list[Awaitable[Any]] = []
+        current: list[Awaitable[Any]] = []
+        for n in range(events):
+            event_id = source.event_id(n).encode()
+            key = source.key(n).encode()
+            value = template.value.replace(_ID_SLOT.encode(), event_id).replace(
+                _KEY_SLOT.encode(), key
+            )
+            headers[id_at] = ("event_id", event_id)
+            current.append(
+                await producer.send(BASELINE_TOPIC, value, key=key, headers=list(headers))
+            )
+            if len(current) >= 20_000:  # keep two windows in flight, bounded memory
+                await asyncio.gather(*previous)
+                previous, current = current, []
+        await asyncio.gather(*previous, *current)
+        elapsed = time.perf_counter() - started
+    finally:
+        await producer.stop()
+    return Figures("(4) baseline: bare idempotent aiokafka producer", events, elapsed)
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def section(title: str) -> None:
+    print(f"\n{title}", flush=True)
+
+
+async def run(args: argparse.Namespace, broker: KafkaBroker, gateway: GatewayProcess) -> None:
+    source = EventSource()
+
+    section(f"(1) full speed for {args.seconds:g}s ...")
+    acked, committed = await sustained(gateway, source, args.clients, args.batch, args.seconds)
+    print(f"    {acked.events:,} events", flush=True)
+
+    rate = acked.rate * args.load
+    section(f"(2) latency at {rate:,.0f} ev/s ({args.load:.0%} of the acknowledged rate) ...")
+    lat = await latency(
+        gateway,
+        broker.bootstrap,
+        source,
+        rate,
+        args.latency_clients,
+        args.latency_batch,
+        args.latency_seconds,
+    )
+
+    section(f"(3) backlog of {args.backlog:,} events with Kafka down, then drain ...")
+    drain = await drain_after_outage(
+        gateway, broker, source, args.backlog, args.clients, args.batch
+    )
+
+    section(f"(4) baseline: {args.backlog:,} records from a bare producer ...")
+    base = await baseline(broker.bootstrap, EventSource(), args.backlog)
+
+    size = len(template_record().value)
+    section(
+        f"results: rate, and ratio to the baseline's rate (records of {size}-byte values,"
+        f" 11-byte keys, 6 headers; {PARTITIONS} partitions; single-node Kafka; this machine):"
+    )
+    for figures in (acked, committed, lat, drain.figures, base):
+        print(" ", figures.row(base.rate))
+    notes = [
+        f"(1) {acked.events:,} events acknowledged in {acked.seconds:.1f}s;"
+        f" backlog 0 after {committed.seconds:.1f}s",
+        f"(2) {lat.events:,} events, {args.latency_clients} clients x {args.latency_batch}"
+        f" ev/request paced at {args.load:.0%} of (1)'s acknowledged rate; latency from just"
+        " before the POST to the receipt by a read_committed consumer",
+        f"(3) {drain.events:,} events acknowledged with Kafka down in {drain.upload_s:.1f}s;"
+        f" after broker.start(): broker ready at {drain.broker_ready_s:.1f}s, backlog seen"
+        f" shrinking at {drain.moving_s:.1f}s (then {drain.backlog_when_moving:,}), backlog 0"
+        f" at {drain.drained_s:.1f}s = {drain.events / drain.drained_s:,.0f} ev/s overall",
+        f"(4) {base.events:,} records; acks=all, idempotent, no transactions, linger 5 ms,"
+        " 256 KiB batches (as the gateway's producer)",
+    ]
+    print()
+    for note in notes:
+        print(" ", note)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0, help="full-speed phase length")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=200, help="events per request")
+    parser.add_argument("--load", type=float, default=0.25, help="latency load / max rate")
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument("--latency-clients", type=int, default=4)
+    parser.add_argument("--latency-batch", type=int, default=20)
+    parser.add_argument("--backlog", type=int, default=1_000_000)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-forward-") as tmp:
+        print("starting a Kafka broker ...", flush=True)
+        with KafkaBroker(Path(tmp) / "kafka") as broker:
+            gateway = GatewayProcess(
+                Path(tmp) / "gw",
+                settings={
+                    "kafka_bootstrap": broker.bootstrap,
+                    "instance_id": "bench-forward",
+                    "topic_partitions": str(PARTITIONS),
+                    "log_level": "warning",
+                },
+            )
+            with gateway:
+                asyncio.run(run(args, broker, gateway))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The forwarder flow against the in-memory store and publisher (fast, deterministic)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.adapters.memory_publisher import MemoryPublisher
+from gateway.adapters.memory_store import MemoryEventStore
+from gateway.core.backoff import Backoff
+from gateway.core.ids import InstanceId, LocalSeq
+from gateway.core.ingest import StorableEvent
+from gateway.core.routing import DEFAULT_ROUTES, TopicRouter
+from gateway.flows.forwarder import Forwarder, ForwarderSettings, LinkState
+from gateway.metrics import GatewayMetrics
+from tests.factories import storable
+
+DLQ = "dead-letters"
+
+
+def make_forwarder(store: MemoryEventStore, publisher: MemoryPublisher) -> Forwarder:
+    settings = ForwarderSettings(
+        router=TopicRouter(DEFAULT_ROUTES),
+        dead_letter_topic=DLQ,
+        instance=InstanceId("test"),
+        bootstrap="memory",
+        batch_max=7,
+        idle_wait_s=0.01,
+        housekeeping_interval_s=0.01,
+    )
+    return Forwarder(
+        store, publisher, settings, GatewayMetrics(), Backoff(0.001, 0.01, random.Random(1))
+    )
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[tuple[MemoryEventStore, MemoryPublisher, Forwarder]]:
+    store, publisher = MemoryEventStore(), MemoryPublisher(max_record_bytes=2000)
+    forwarder = make_forwarder(store, publisher)
+    forwarder.start()
+    yield store, publisher, forwarder
+    await forwarder.stop()
+
+
+async def wait_drained(store: MemoryEventStore) -> None:
+    for _ in range(500):
+        if (await store.backlog()).events == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("backlog not drained")
+
+
+def big(event: StorableEvent) -> StorableEvent:
+    return StorableEvent(event.event_id, event.event_type, 1, event.key, "d", "c", b"x" * 5000)
+
+
+async def test_forwards_in_store_order_once(
+    running: tuple[MemoryEventStore, MemoryPublisher, Forwarder],
+) -> None:
+    store, publisher, forwarder = running
+    events = [storable(key=f"k{i % 3}") for i in range(50)]
+    for start in range(0, 50, 10):
+        await store.append(events[start : start + 10])
+    await wait_drained(store)
+    assert [r.headers[0][1].decode() for r in publisher.committed] == [e.event_id for e in events]
+    assert {r.topic for r in publisher.committed} == {"order.events"}
+    assert forwarder.state is LinkState.UP
+    assert await store.forwarded_mark() == 50
+
+
+async def test_outage_is_survived_and_nothing_is_repeated(
+    running: tuple[MemoryEventStore, MemoryPublisher, Forwarder],
+) -> None:
+    store, publisher, forwarder = running
+    publisher.down = True
+    publisher.is_open = False
+    events = [storable() for _ in range(20)]
+    await store.append(events)
+    await asyncio.sleep(0.05)
+    assert forwarder.state is LinkState.DOWN
+    assert (await store.backlog()).events == 20
+    publisher.down = False
+    await wait_drained(store)
+    ids = [r.headers[0][1].decode() for r in publisher.committed]
+    assert sorted(ids) == sorted(e.event_id for e in events)
+
+
+async def test_restart_resumes_from_kafka_position_not_local_mark() -> None:
+    """A crash after Kafka's commit but before the local mark must not duplicate."""
+    store, publisher = MemoryEventStore(), MemoryPublisher()
+    events = [storable() for _ in range(10)]
+    await store.append(events)
+    publisher.positions[store.store_id] = LocalSeq(10)  # Kafka has them; local mark is 0
+    forwarder = make_forwarder(store, publisher)
+    forwarder.start()
+    try:
+        await wait_drained(store)
+    finally:
+        await forwarder.stop()
+    assert publisher.committed == []
+    assert await store.forwarded_mark() == 10
+
+
+async def test_oversize_event_goes_to_dead_letters_and_does_not_block(
+    running: tuple[MemoryEventStore, MemoryPublisher, Forwarder],
+) -> None:
+    store, publisher, _ = running
+    a, b, c = storable(), big(storable()), storable()
+    await store.append([a, b, c])
+    await wait_drained(store)
+    topics = [(r.topic, r.headers[0][1].decode()) for r in publisher.committed]
+    assert topics == [
+        ("order.events", a.event_id),
+        (DLQ, b.event_id),
+        ("order.events", c.event_id),
+    ]
+    letter = json.loads(publisher.committed[1].value)
+    assert "exceeds" in letter["reason"]
+    assert [e.event_id for e in await store.quarantined()] == [b.event_id]
+
+
+async def test_broker_refusal_finds_the_culprit_only() -> None:
+    store = MemoryEventStore()
+    publisher = MemoryPublisher(topic_limit=3000)
+    forwarder = make_forwarder(store, publisher)
+    forwarder.start()
+    try:
+        events = [storable(), storable(), big(storable()), storable()]
+        await store.append(events)
+        await wait_drained(store)
+    finally:
+        await forwarder.stop()
+    by_topic = [(r.topic, r.headers[0][1].decode()) for r in publisher.committed]
+    assert by_topic == [
+        ("order.events", events[0].event_id),
+        ("order.events", events[1].event_id),
+        (DLQ, events[2].event_id),
+        ("order.events", events[3].event_id),
+    ]
+    assert [e.event_id for e in await store.quarantined()] == [events[2].event_id]
