@@ -8,6 +8,7 @@ become the Kafka record value.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Mapping
@@ -83,9 +84,13 @@ def parse_envelope(raw: object) -> Envelope | Rejection:
         envelope = Envelope.model_validate(raw)
     except ValidationError as exc:
         return _rejection_from(exc)
-    problem = _non_json_value(envelope.payload, "payload", 0)
-    if problem is not None:
-        return problem
+    try:
+        # Fast check that the payload is plain JSON; the walk below only runs to name the field.
+        json.dumps(envelope.payload, allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        return _non_json_value(envelope.payload, "payload", 0) or Rejection(
+            RejectCode.INVALID_PAYLOAD, "payload is not plain JSON", "payload"
+        )
     return envelope
 
 
@@ -102,7 +107,7 @@ def _rejection_from(exc: ValidationError) -> Rejection:
 
 
 def _non_json_value(value: object, path: str, depth: int) -> Rejection | None:
-    """Refuse what JSON cannot carry faithfully (msgpack can): bytes, NaN, odd keys, deep nests."""
+    """Name the value JSON cannot carry faithfully (msgpack can): bytes, NaN, odd keys."""
     if depth > MAX_PAYLOAD_DEPTH:
         return Rejection(
             RejectCode.INVALID_PAYLOAD, f"nested deeper than {MAX_PAYLOAD_DEPTH} levels", path

@@ -53,3 +53,15 @@ def test_bad_json(data: bytes) -> None:
 def test_bad_msgpack(data: bytes) -> None:
     with pytest.raises(MalformedBody, match="not valid msgpack"):
         decode(data, MediaType.MSGPACK)
+
+
+@pytest.mark.parametrize("media", list(MediaType))
+def test_absurdly_deep_nesting_is_malformed_not_a_crash(media: MediaType) -> None:
+    deep: object = 1
+    for _ in range(200_000 if media is MediaType.JSON else 2_000):
+        deep = [deep]
+    data = b"[" * 200_000 + b"]" * 200_000 if media is MediaType.JSON else None
+    if data is None:
+        data = b"\x91" * 200_000 + b"\x01"
+    with pytest.raises(MalformedBody):
+        decode(data, media)

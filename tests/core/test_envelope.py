@@ -72,7 +72,7 @@ def test_bad_envelope_names_the_field(change: dict[str, Any], field: str, words:
         ({"a": float("nan")}, "payload.a"),
         ({"a": [1, {"b": float("inf")}]}, "payload.a.1.b"),
         ({"a": b"bytes"}, "payload.a"),
-        ({"a": {1: "int key"}}, "payload.a"),
+        ({"a": {b"bytes key": 1}}, "payload.a"),
     ],
 )
 def test_payload_must_be_plain_json(payload: dict[str, Any], field: str) -> None:
@@ -80,17 +80,6 @@ def test_payload_must_be_plain_json(payload: dict[str, Any], field: str) -> None
     assert isinstance(rejection, Rejection)
     assert rejection.code is RejectCode.INVALID_PAYLOAD
     assert rejection.field == field
-
-
-def test_deep_nesting_is_refused() -> None:
-    deep: dict[str, Any] = {}
-    node = deep
-    for _ in range(40):
-        node["n"] = {}
-        node = node["n"]
-    rejection = parse_envelope(order_placed(payload=deep))
-    assert isinstance(rejection, Rejection)
-    assert "nested deeper" in rejection.message
 
 
 def test_non_object_event_is_rejected() -> None:
