@@ -9,12 +9,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
-from gateway.testing.ports import ChildProcess, free_port
+from gateway.testing.ports import ChildProcess, ServerProcess, free_port
 
 
-class GatewayProcess:
+class GatewayProcess(ServerProcess):
     """One gateway instance on 127.0.0.1; same port and data dir across restarts."""
 
     def __init__(
@@ -28,8 +27,12 @@ class GatewayProcess:
         self.data_dir = data_dir
         self.port = port if port is not None else free_port()
         self.settings = dict(settings or {})
-        self.log_path = log_path if log_path is not None else data_dir / "gateway.log"
+        self._log_path = log_path if log_path is not None else data_dir / "gateway.log"
         self._proc: ChildProcess | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self._log_path
 
     @property
     def url(self) -> str:
@@ -83,6 +86,10 @@ class GatewayProcess:
         if self._proc is not None:
             self._proc.kill()
 
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """Graceful stop (SIGTERM), as an orchestrator would do it."""
+        return self.terminate(timeout) if self.is_running else None
+
     def terminate(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, wait for the graceful exit (SIGKILL after ``timeout``); the exit code."""
         return self._proc.stop(timeout) if self._proc is not None else None
@@ -90,22 +97,3 @@ class GatewayProcess:
     def restart(self, timeout: float = 30.0) -> None:
         self.kill()
         self.start(timeout)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
-
-    def __enter__(self) -> GatewayProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.is_running:
-            self.terminate()

@@ -27,12 +27,13 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import Any, Self
+from types import FrameType
+from typing import Any
 
 from gateway.testing.ports import (
     LOOPBACK,
     ChildProcess,
+    ServerProcess,
     free_ports,
     port_is_bindable,
     wait_for_port,
@@ -279,7 +280,7 @@ def _run_in_private_loop(factory: Callable[[], Coroutine[Any, Any, None]]) -> No
         raise errors[0]
 
 
-class KafkaBroker:
+class KafkaBroker(ServerProcess):
     """One real Kafka 4.x node (broker and controller) on 127.0.0.1, living in `workdir`.
 
     `workdir` holds server.properties, log4j2.yaml, broker.log and the data directory `data/`.
@@ -387,14 +388,6 @@ class KafkaBroker:
         if self._libs is not None and _has_kafka_jars(self._libs):
             return self._libs.resolve()
         return ensure_jars(self._libs)
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last `lines` lines of broker.log ("" if there is none)."""
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -558,18 +551,6 @@ class KafkaBroker:
         if self._child is None or self._child.poll() is not None:
             raise RuntimeError("the Kafka broker is not running")
         return self._child
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"

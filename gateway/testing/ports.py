@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 LOOPBACK = "127.0.0.1"
 
@@ -236,3 +237,33 @@ def _kill_live_children() -> None:
     for child in list(_LIVE_CHILDREN):
         with contextlib.suppress(Exception):
             child.kill()
+
+
+class ServerProcess:
+    """What the harness's servers share: a log file, its tail, and use as a context manager
+    (``with KafkaBroker(...) as broker:`` starts it and stops it at the end)."""
+
+    @property
+    def log_path(self) -> Path:
+        raise NotImplementedError
+
+    def start(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def stop(self, timeout: float) -> object:
+        raise NotImplementedError
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the server's log ("" if there is none)."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> Self:
+        self.start(60.0)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop(30.0)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import redis
 
-from gateway.testing.ports import LOOPBACK, ChildProcess, free_port, port_is_bindable
+from gateway.testing.ports import (
+    LOOPBACK,
+    ChildProcess,
+    ServerProcess,
+    free_port,
+    port_is_bindable,
+)
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """One redis-server on 127.0.0.1, with `workdir` as its directory and redis.log as its log.
 
     Nothing is saved (`--save ""`, no AOF), so kill() + start() gives an empty server.
@@ -39,14 +43,6 @@ class RedisServer:
     def is_running(self) -> bool:
         """Whether the redis-server process is alive."""
         return self._child is not None and self._child.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last `lines` lines of redis.log ("" if there is none)."""
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
 
     def client(self) -> redis.Redis:
         """A new synchronous client with short timeouts (close it, or use it as a context)."""
@@ -141,18 +137,6 @@ class RedisServer:
         """Delete every key in every database."""
         with self.client() as client:
             client.flushall()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
