@@ -54,6 +54,7 @@ class Gateway:
             config.store_path,
             max_group_events=config.group_commit_max_events,
             max_bytes=config.max_store_bytes,
+            on_commit=self.metrics.commit_group_events.observe,
         )
         self.ingest = IngestFlow(
             store=self.store,

@@ -20,7 +20,7 @@ import sqlite3
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -88,6 +88,7 @@ class SqliteEventStore:
         *,
         max_group_events: int = 5000,
         max_bytes: int | None = None,
+        on_commit: Callable[[int], None] | None = None,
     ) -> None:
         self._path = path
         self._max_group_events = max_group_events
@@ -100,8 +101,8 @@ class SqliteEventStore:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self.store_id = ""
-        self.on_commit: list[int] = []
-        """Sizes of recent group commits (drained by whoever reports metrics)."""
+        self._on_commit = on_commit
+        """Told the number of events of each group commit (for metrics)."""
 
     @property
     def path(self) -> Path:
@@ -375,7 +376,8 @@ class SqliteEventStore:
                     params,
                 ) as cursor:
                     inserted.update(str(row[0]) for row in await cursor.fetchall())
-        self.on_commit.append(len(events))
+        if self._on_commit is not None:
+            self._on_commit(len(events))
         if inserted:
             self._appended.set()
         return [
