@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import pytest
+import hypothesis  # noqa: F401  (imported early: a late import from the hypothesis plugin's
+import pytest  #                  terminal summary trips CPython 3.11.7's AST recursion check)
 
 from gateway.testing.kafka_broker import KafkaBroker
 from gateway.testing.redis_server import RedisServer

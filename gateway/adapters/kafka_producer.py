@@ -149,6 +149,7 @@ class AiokafkaPublisher:
                         except _REFUSED_FOR_GOOD as exc:
                             refused[r.seq] = _describe(exc)
                             continue
+                        future.add_done_callback(_retrieve)
                         sent.append((r.seq, future))
                     sent.append(
                         (
@@ -294,6 +295,12 @@ async def _close_quietly(closing: Coroutine[Any, Any, object]) -> None:
     and a hang in cleanup would outlive the caller's timeout."""
     with contextlib.suppress(Exception):
         await asyncio.wait_for(closing, 10)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a delivery's outcome as seen even when the transaction failed before we looked."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _describe(exc: BaseException) -> str:
