@@ -111,6 +111,10 @@ class Forwarder:
             except (KafkaError, StoreError) as exc:
                 self._link_down(exc)
                 await asyncio.sleep(self._backoff.next_delay())
+            except Exception as exc:  # a bug must not stop forwarding for good
+                log.exception("forwarding session failed unexpectedly")
+                self._link_down(exc)
+                await asyncio.sleep(self._backoff.next_delay())
 
     async def _session(self) -> None:
         kafka_position = await self._publisher.open(self._store.store_id)
