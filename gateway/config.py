@@ -89,7 +89,7 @@ class GatewayConfig(BaseSettings):
     topic_replication_factor: int = Field(
         1, gt=0, description="Replication factor of created topics (use 3 in production)."
     )
-    forward_batch_max: int = Field(1000, gt=0, description="Most events per Kafka transaction.")
+    forward_batch_max: int = Field(5000, gt=0, description="Most events per Kafka transaction.")
     kafka_request_timeout_ms: int = Field(15_000, gt=0)
     kafka_transaction_timeout_s: float = Field(
         30.0, gt=0, description="A transaction not committed by then is abandoned and retried."

@@ -69,7 +69,7 @@ class GatewayMetrics:
         )
         self.forward_latency = Histogram(
             "sync_gateway_forward_seconds",
-            "From local ack to committed Kafka transaction, per event.",
+            "From local ack to committed Kafka transaction, of each transaction's oldest event.",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

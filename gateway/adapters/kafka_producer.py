@@ -149,38 +149,34 @@ class AiokafkaPublisher:
                         except _REFUSED_FOR_GOOD as exc:
                             refused[r.seq] = _describe(exc)
                             continue
-                        future.add_done_callback(_retrieve)
                         sent.append((r.seq, future))
-                    sent.append(
-                        (
-                            -1,
-                            await producer.send(
-                                self._s.position_topic,
-                                _position_value(position, self._s.instance, store_id),
-                                key=self._s.instance.encode(),
-                            ),
-                        )
-                    )
-                    outcomes = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
-                    broker_refused = False
-                    for (seq, _), outcome in zip(sent, outcomes, strict=True):
-                        if isinstance(outcome, _REFUSED_FOR_GOOD) and seq >= 0:
-                            refused[seq] = _describe(outcome)
-                            broker_refused = True
-                        elif isinstance(outcome, BaseException):
-                            raise outcome
-                    if broker_refused:
-                        with contextlib.suppress(Exception):
-                            await asyncio.wait_for(producer.abort_transaction(), 5)
-                        await self._renew_producer()
                     if refused:
+                        raise RecordsRefused(refused)
+                    await producer.send(
+                        self._s.position_topic,
+                        _position_value(position, self._s.instance, store_id),
+                        key=self._s.instance.encode(),
+                    )
+                    # flush() waits for every delivery; cheaper than awaiting each future.
+                    await producer.flush()
+                    for seq, future in sent:
+                        if not future.done():
+                            raise KafkaUnavailable("a delivery is unconfirmed after flush")
+                        failure = future.exception()
+                        if isinstance(failure, _REFUSED_FOR_GOOD):
+                            refused[seq] = _describe(failure)
+                        elif failure is not None:
+                            raise failure
+                    if refused:
+                        # The refused batch used up sequence numbers: start a new epoch.
+                        await self._renew_producer()
                         raise RecordsRefused(refused)
                     await producer.commit_transaction()
                 except BaseException:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(producer.abort_transaction(), 5)
                     raise
-        except RecordsRefused:
+        except (RecordsRefused, KafkaUnavailable):
             raise
         except ProducerFenced as exc:
             raise KafkaFenced(f"producer fenced: {_describe(exc)}") from exc
@@ -295,12 +291,6 @@ async def _close_quietly(closing: Coroutine[Any, Any, object]) -> None:
     and a hang in cleanup would outlive the caller's timeout."""
     with contextlib.suppress(Exception):
         await asyncio.wait_for(closing, 10)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a delivery's outcome as seen even when the transaction failed before we looked."""
-    if not future.cancelled():
-        future.exception()
 
 
 def _describe(exc: BaseException) -> str:

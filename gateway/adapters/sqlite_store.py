@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import aiosqlite
 
@@ -386,20 +386,13 @@ class SqliteEventStore:
         ]
 
 
-def _row_to_stored(row: sqlite3.Row | tuple[object, ...]) -> StoredEvent:
+def _row_to_stored(row: Any) -> StoredEvent:
+    # Column types are fixed by the schema (and this runs per forwarded event): no coercion.
     seq, event_id, event_type, version, key, source, correlation_id, value, received_at_ms = row
     return StoredEvent(
-        seq=LocalSeq(int(str(seq))),
-        event=StorableEvent(
-            event_id=EventId(str(event_id)),
-            event_type=str(event_type),
-            event_version=int(str(version)),
-            key=str(key),
-            source=str(source),
-            correlation_id=str(correlation_id),
-            value=bytes(value) if isinstance(value, bytes | memoryview) else str(value).encode(),
-        ),
-        received_at_ms=int(str(received_at_ms)),
+        seq=seq,
+        event=StorableEvent(event_id, event_type, version, key, source, correlation_id, value),
+        received_at_ms=received_at_ms,
     )
 
 

@@ -108,7 +108,8 @@ def plan_records(
     for stored in batch:
         record = event_record(stored, router)
         reason = refused.get(stored.seq)
-        if reason is None and record.size > max_record_bytes:
+        near_limit = len(record.value) + 4096 > max_record_bytes  # headers and key are small
+        if reason is None and near_limit and record.size > max_record_bytes:
             reason = f"record of ~{record.size} bytes exceeds the {max_record_bytes}-byte limit"
         if reason is not None:
             dead[stored.seq] = reason
