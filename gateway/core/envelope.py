@@ -1,24 +1,24 @@
 """The event envelope: the ADR's metadata around every domain event.
 
 An envelope arrives from a device as a JSON or msgpack object. :func:`parse_envelope` turns it
-into an :class:`Envelope` or a :class:`~gateway.core.rejections.Rejection` that names the
-offending field; :meth:`Envelope.encode` gives the canonical JSON bytes that are stored and later
-become the Kafka record value.
+into an :class:`Envelope` with its canonical JSON bytes (what is stored and later becomes the
+Kafka record value), or a :class:`~gateway.core.rejections.Rejection` that names the offending
+field.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import re
 import uuid
 from collections.abc import Mapping
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 
 from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     StrictInt,
     StringConstraints,
     ValidationError,
@@ -31,13 +31,17 @@ from gateway.core.rejections import RejectCode, Rejection
 EVENT_TYPE_PATTERN: Final = r"^[A-Z][A-Za-z0-9]{0,63}\.[A-Z][A-Za-z0-9]{0,63}$"
 MAX_PAYLOAD_DEPTH: Final = 32
 
+_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
 Text128 = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
 class Envelope(BaseModel):
     """One domain event with its metadata, as published by a device or service."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no coercion anywhere (a "1" is not a version, bytes are not text), and payload
+    # values must be plain, finite JSON; event_time alone is parsed from its RFC 3339 string.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     event_id: EventId = Field(
         description="Idempotency key: a UUID, stored in canonical form.",
@@ -47,7 +51,9 @@ class Envelope(BaseModel):
         description="Aggregate and verb, e.g. `Order.Placed`."
     )
     event_version: StrictInt = Field(ge=1, le=1000, description="Schema version of the payload.")
-    event_time: AwareDatetime = Field(description="When the event happened (RFC 3339, with zone).")
+    event_time: AwareDatetime = Field(
+        strict=False, description="When the event happened (RFC 3339, with zone)."
+    )
     source: Text128 = Field(description="Device or service that produced the event.")
     correlation_id: Text128 | None = Field(
         None, description="Correlates events of one flow; defaults to the event id."
@@ -55,13 +61,18 @@ class Envelope(BaseModel):
     key: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
         description="Aggregate id: the Kafka partition key, so per-key order is kept."
     )
-    payload: dict[str, Any] = Field(description="Event body, validated against its schema.")
+    payload: dict[str, JsonValue] = Field(
+        description="Event body (plain JSON), validated against its schema."
+    )
 
     @field_validator("event_id", mode="plain")
     @classmethod
     def _canonical_uuid(cls, value: object) -> EventId:
         if not isinstance(value, str):
             raise ValueError("event_id must be a UUID string")
+        lowered = value.lower()
+        if _CANONICAL_UUID.fullmatch(lowered):
+            return EventId(lowered)
         try:
             return EventId(str(uuid.UUID(value)))
         except ValueError:
@@ -76,59 +87,36 @@ class Envelope(BaseModel):
         return self.model_dump_json(exclude_none=True).encode()
 
 
-def parse_envelope(raw: object) -> Envelope | Rejection:
-    """Validate one decoded event object. Never raises for bad input."""
+def parse_envelope(raw: object) -> tuple[Envelope, bytes] | Rejection:
+    """Validate one decoded event object: the envelope and its canonical encoding, or why not.
+    Never raises for bad input."""
     if not isinstance(raw, Mapping):
         return Rejection(RejectCode.INVALID_ENVELOPE, "event must be an object")
     try:
         envelope = Envelope.model_validate(raw)
     except ValidationError as exc:
         return _rejection_from(exc)
-    try:
-        # Fast check that the payload is plain JSON; the walk below only runs to name the field.
-        json.dumps(envelope.payload, allow_nan=False)
-    except (ValueError, TypeError, RecursionError):
-        return _non_json_value(envelope.payload, "payload", 0) or Rejection(
-            RejectCode.INVALID_PAYLOAD, "payload is not plain JSON", "payload"
-        )
-    return envelope
+    encoded = envelope.encode()
+    return envelope, encoded
 
 
 def _rejection_from(exc: ValidationError) -> Rejection:
     first = exc.errors(include_url=False)[0]
-    field = ".".join(str(part) for part in first["loc"]) or None
+    loc = first["loc"]
+    if loc[:1] == ("payload",) and len(loc) > 2:
+        # Inside the payload, pydantic names each JSON value's kind after its key or index
+        # ("payload.a.list.1.float"); keep the keys and indexes only.
+        loc = loc[:2] + loc[3::2]
+    field = ".".join(str(part) for part in loc) or None
+    code = (
+        RejectCode.INVALID_PAYLOAD
+        if len(loc) > 1 and loc[0] == "payload"
+        else (RejectCode.INVALID_ENVELOPE)
+    )
     if first["type"] == "missing":
         message = f"missing required field {field!r}"
     elif first["type"] == "extra_forbidden":
         message = f"unknown field {field!r}"
     else:
         message = f"{field}: {first['msg']}" if field else first["msg"]
-    return Rejection(RejectCode.INVALID_ENVELOPE, message, field)
-
-
-def _non_json_value(value: object, path: str, depth: int) -> Rejection | None:
-    """Name the value JSON cannot carry faithfully (msgpack can): bytes, NaN, odd keys."""
-    if depth > MAX_PAYLOAD_DEPTH:
-        return Rejection(
-            RejectCode.INVALID_PAYLOAD, f"nested deeper than {MAX_PAYLOAD_DEPTH} levels", path
-        )
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return Rejection(RejectCode.INVALID_PAYLOAD, "object keys must be strings", path)
-            problem = _non_json_value(item, f"{path}.{key}", depth + 1)
-            if problem is not None:
-                return problem
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            problem = _non_json_value(item, f"{path}.{index}", depth + 1)
-            if problem is not None:
-                return problem
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            return Rejection(RejectCode.INVALID_PAYLOAD, "numbers must be finite", path)
-    elif value is not None and not isinstance(value, str | int | bool):
-        return Rejection(
-            RejectCode.INVALID_PAYLOAD, f"unsupported value of type {type(value).__name__}", path
-        )
-    return None
+    return Rejection(code, message, field)

@@ -46,7 +46,7 @@ class StorableEvent:
     value: bytes
 
     @classmethod
-    def from_envelope(cls, envelope: Envelope) -> StorableEvent:
+    def from_envelope(cls, envelope: Envelope, encoded: bytes) -> StorableEvent:
         return cls(
             event_id=envelope.event_id,
             event_type=envelope.event_type,
@@ -54,7 +54,7 @@ class StorableEvent:
             key=envelope.key,
             source=envelope.source,
             correlation_id=envelope.effective_correlation_id,
-            value=envelope.encode(),
+            value=encoded,
         )
 
 
@@ -116,12 +116,13 @@ def plan_batch(
     plan = BatchPlan(results=[None] * len(raw_events))
     seen: set[EventId] = set()
     for index, raw in enumerate(raw_events):
-        parsed = parse_envelope(raw)
-        if isinstance(parsed, Rejection):
-            plan.results[index] = EventResult(index, Status.REJECTED, _raw_id(raw), parsed)
+        outcome = parse_envelope(raw)
+        if isinstance(outcome, Rejection):
+            plan.results[index] = EventResult(index, Status.REJECTED, _raw_id(raw), outcome)
             continue
+        parsed, encoded = outcome
         rejection = checker.check(parsed.event_type, parsed.event_version, parsed.payload)
-        storable = StorableEvent.from_envelope(parsed) if rejection is None else None
+        storable = StorableEvent.from_envelope(parsed, encoded) if rejection is None else None
         if storable is not None and len(storable.value) > limits.max_event_bytes:
             rejection = Rejection(
                 RejectCode.EVENT_TOO_LARGE,
