@@ -129,6 +129,17 @@ class AiokafkaPublisher:
         if producer is not None:
             await _stop_quietly(producer)
 
+    async def ping(self) -> None:
+        producer = self._producer
+        if producer is None:
+            raise KafkaUnavailable("the Kafka link is not open")
+        try:
+            await asyncio.wait_for(
+                producer.client.fetch_all_metadata(), self._s.request_timeout_ms / 1000
+            )
+        except (AiokafkaError, OSError, TimeoutError) as exc:
+            raise KafkaUnavailable(f"Kafka does not answer: {_describe(exc)}") from exc
+
     async def publish(
         self, records: Sequence[OutRecord], position: LocalSeq, store_id: str
     ) -> None:

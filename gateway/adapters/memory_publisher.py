@@ -35,6 +35,11 @@ class MemoryPublisher:
         self.is_open = True
         return self.positions.get(store_id, LocalSeq(0))
 
+    async def ping(self) -> None:
+        if self.down or not self.is_open:
+            self.is_open = False
+            raise KafkaUnavailable("simulated outage")
+
     async def publish(
         self, records: Sequence[OutRecord], position: LocalSeq, store_id: str
     ) -> None:

@@ -45,6 +45,8 @@ class ForwarderSettings:
     bootstrap: str
     batch_max: int = 5000
     idle_wait_s: float = 0.5
+    ping_interval_s: float = 2.0
+    """While idle, how often the link is checked (else /readyz would report a dead link up)."""
     retention_ms: int = 7 * 24 * 3600 * 1000
     housekeeping_interval_s: float = 1.0
     prune_interval_s: float = 60.0
@@ -131,12 +133,17 @@ class Forwarder:
         if kafka_position > local_mark:
             await self._store.mark_forwarded(kafka_position)
         self._link_up()
+        last_contact = time.monotonic()
         batch = await self._store.read_after(self.position, self._s.batch_max)
         while True:
             if not batch:
+                if time.monotonic() - last_contact >= self._s.ping_interval_s:
+                    await self._publisher.ping()  # so that an idle link's state is true too
+                    last_contact = time.monotonic()
                 await self._store.wait_for_append(self._s.idle_wait_s)
                 batch = await self._store.read_after(self.position, self._s.batch_max)
                 continue
+            last_contact = time.monotonic()
             # Read the next batch (in the store's thread) while this one goes to Kafka.
             upcoming = asyncio.ensure_future(
                 self._store.read_after(batch[-1].seq, self._s.batch_max)

@@ -79,6 +79,10 @@ class KafkaPublisher(Protocol):
         """
         ...
 
+    async def ping(self) -> None:
+        """Raise ``KafkaUnavailable`` if the cluster does not answer a metadata request."""
+        ...
+
     async def close(self) -> None: ...
 
     @property

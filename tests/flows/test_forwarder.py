@@ -31,6 +31,7 @@ def make_forwarder(store: MemoryEventStore, publisher: MemoryPublisher) -> Forwa
         batch_max=7,
         idle_wait_s=0.01,
         housekeeping_interval_s=0.01,
+        ping_interval_s=0.01,
     )
     return Forwarder(
         store, publisher, settings, GatewayMetrics(), Backoff(0.001, 0.01, random.Random(1))
@@ -142,3 +143,19 @@ async def test_broker_refusal_finds_the_culprit_only() -> None:
         ("order.events", events[3].event_id),
     ]
     assert [e.event_id for e in await store.quarantined()] == [events[2].event_id]
+
+
+async def test_idle_link_failure_is_noticed(
+    running: tuple[MemoryEventStore, MemoryPublisher, Forwarder],
+) -> None:
+    _, publisher, forwarder = running
+    for _ in range(200):
+        if forwarder.state is LinkState.UP:
+            break
+        await asyncio.sleep(0.01)
+    publisher.down = True
+    for _ in range(200):
+        if forwarder.state is LinkState.DOWN:
+            break
+        await asyncio.sleep(0.01)
+    assert forwarder.state is LinkState.DOWN
