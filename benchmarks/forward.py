@@ -38,11 +38,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from benchmarks.common import MSGPACK, Figures, RawHttpConnection, new_histogram
-from gateway.core.envelope import Envelope, parse_envelope
+from gateway.core.envelope import parse_envelope
 from gateway.core.forwarding import event_record
 from gateway.core.ids import LocalSeq
 from gateway.core.ingest import StorableEvent
 from gateway.core.records import OutRecord, StoredEvent
+from gateway.core.rejections import Rejection
 from gateway.core.routing import DEFAULT_ROUTES, TopicRouter
 from gateway.testing.gateway_process import GatewayProcess
 from gateway.testing.kafka_broker import KafkaBroker
@@ -92,10 +93,10 @@ class EventSource:
 
 def template_record() -> OutRecord:
     """The record the gateway's own code makes of a template event (value, key, headers)."""
-    envelope = parse_envelope(order_placed(_KEY_SLOT, event_id=_ID_SLOT))
-    if not isinstance(envelope, Envelope):
-        raise RuntimeError(f"the template event is refused: {envelope}")
-    stored = StoredEvent(LocalSeq(1), StorableEvent.from_envelope(envelope), 0)
+    parsed = parse_envelope(order_placed(_KEY_SLOT, event_id=_ID_SLOT))
+    if isinstance(parsed, Rejection):
+        raise RuntimeError(f"the template event is refused: {parsed}")
+    stored = StoredEvent(LocalSeq(1), StorableEvent.from_envelope(*parsed), 0)
     return event_record(stored, TopicRouter(DEFAULT_ROUTES))
 
 

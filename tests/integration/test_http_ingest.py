@@ -150,83 +150,75 @@ def test_oversize_event_gets_event_too_large(gateway: GatewayProcess) -> None:
     assert event["event_id"] not in stored_ids(gateway.data_dir)
 
 
+def _json_body(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+
+REFUSED = [
+    pytest.param(
+        JSON,
+        _json_body({"events": [order_placed()]})[:-5],
+        400,
+        "malformed_body",
+        id="malformed-json",
+    ),
+    pytest.param(
+        MSGPACK,
+        msgpack.packb({"events": [order_placed()]})[:-3],
+        400,
+        "malformed_body",
+        id="malformed-msgpack",
+    ),
+    pytest.param(
+        "text/plain",
+        _json_body({"events": [order_placed()]}),
+        415,
+        "unsupported_media_type",
+        id="wrong-content-type",
+    ),
+    pytest.param(JSON, _json_body([order_placed()]), 400, "malformed_body", id="not-an-object"),
+    pytest.param(
+        JSON, _json_body({"event": [order_placed()]}), 400, "malformed_body", id="no-events-field"
+    ),
+    pytest.param(
+        JSON,
+        _json_body({"events": [order_placed() for _ in range(MAX_BATCH + 1)]}),
+        413,
+        "batch_too_large",
+        id="batch-over-count",
+    ),
+]
+
+
+@pytest.mark.parametrize(("content_type", "body", "status", "code"), REFUSED)
+async def test_refused_request_changes_nothing(
+    client: httpx.AsyncClient,
+    gateway: GatewayProcess,
+    content_type: str,
+    body: bytes,
+    status: int,
+    code: str,
+) -> None:
+    await _refused(
+        client, gateway, status, code, content=body, headers={"content-type": content_type}
+    )
+
+
 async def _refused(
     client: httpx.AsyncClient, gateway: GatewayProcess, status: int, code: str, **kwargs: Any
 ) -> None:
     before = stored_ids(gateway.data_dir)
     answer = await client.post("/v1/events", **kwargs)
     assert answer.status_code == status, answer.text
-    if answer.headers["content-type"] == "application/msgpack":
+    if answer.headers["content-type"] == MSGPACK:
         error = msgpack.unpackb(answer.content)["error"]
     else:
         error = answer.json()["error"]
     assert error["code"] == code
     assert stored_ids(gateway.data_dir) == before
-
-
-def _valid_body(count: int = 1) -> bytes:
-    return json.dumps({"events": [order_placed() for _ in range(count)]}).encode()
-
-
-async def test_malformed_json_changes_nothing(
-    client: httpx.AsyncClient, gateway: GatewayProcess
-) -> None:
-    body = _valid_body()[:-5]
-    await _refused(
-        client,
-        gateway,
-        400,
-        "malformed_body",
-        content=body,
-        headers={"content-type": "application/json"},
-    )
-
-
-async def test_malformed_msgpack_changes_nothing(
-    client: httpx.AsyncClient, gateway: GatewayProcess
-) -> None:
-    body = msgpack.packb({"events": [order_placed()]})[:-3]
-    await _refused(
-        client,
-        gateway,
-        400,
-        "malformed_body",
-        content=body,
-        headers={"content-type": "application/msgpack"},
-    )
-
-
-async def test_wrong_content_type_changes_nothing(
-    client: httpx.AsyncClient, gateway: GatewayProcess
-) -> None:
-    await _refused(
-        client,
-        gateway,
-        415,
-        "unsupported_media_type",
-        content=_valid_body(),
-        headers={"content-type": "text/plain"},
-    )
-
-
-async def test_wrong_shape_changes_nothing(
-    client: httpx.AsyncClient, gateway: GatewayProcess
-) -> None:
-    await _refused(client, gateway, 400, "malformed_body", json=[order_placed()])
-    await _refused(client, gateway, 400, "malformed_body", json={"event": [order_placed()]})
-
-
-async def test_batch_over_count_changes_nothing(
-    client: httpx.AsyncClient, gateway: GatewayProcess
-) -> None:
-    await _refused(
-        client,
-        gateway,
-        413,
-        "batch_too_large",
-        content=_valid_body(MAX_BATCH + 1),
-        headers={"content-type": "application/json"},
-    )
 
 
 async def test_declared_body_over_limit_is_refused_before_reading(
