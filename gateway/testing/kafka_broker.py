@@ -13,23 +13,25 @@ usable from pytest fixtures, benchmarks and the command line::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import uuid
-import xml.etree.ElementTree as ET
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
+from gateway.testing.kafka_jars import (
+    ToolchainMissingError,
+    ensure_jars,
+    find_java,
+    has_kafka_jars,
+)
+from gateway.testing.kafka_readiness import NotReady, run_in_private_loop, wait_until_ready
 from gateway.testing.ports import (
     LOOPBACK,
     ChildProcess,
@@ -38,18 +40,6 @@ from gateway.testing.ports import (
     port_is_bindable,
     wait_for_port,
 )
-
-KAFKA_POM = Path(__file__).with_name("kafka-pom.xml")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-LIBS_ENV = "SYNC_GATEWAY_KAFKA_LIBS"
-"""Environment variable naming the jar cache directory (overrides the default under .cache/)."""
-
-_MARKER = ".jars-complete"
-_KAFKA_JAR_GLOB = "kafka_2.13-*.jar"
-_READINESS_GROUP = "__sync_gateway_readiness"
-_READINESS_TXN_ID = "__sync_gateway_readiness"
-_PROBE_REQUEST_TIMEOUT_MS = 5000
-_PROBE_ATTEMPT_TIMEOUT = 15.0
 
 # Quiet: warnings and errors only, plus the one line saying the server has started.
 _LOG4J2_YAML = """\
@@ -76,118 +66,6 @@ Configuration:
 """
 
 
-class ToolchainMissingError(RuntimeError):
-    """`java` or `mvn`, needed to fetch or run the broker, is not installed."""
-
-
-def kafka_version() -> str:
-    """The Kafka version pinned in `kafka-pom.xml` (property ``kafka.version``)."""
-    namespace = {"m": "http://maven.apache.org/POM/4.0.0"}
-    node = ET.parse(KAFKA_POM).getroot().find("m:properties/m:kafka.version", namespace)
-    if node is None or not (node.text or "").strip():
-        raise RuntimeError(f"{KAFKA_POM} declares no kafka.version property")
-    return (node.text or "").strip()
-
-
-def default_libs_dir() -> Path:
-    """Where the jars are cached: $SYNC_GATEWAY_KAFKA_LIBS, else <repo>/.cache/kafka-libs-<v>."""
-    override = os.environ.get(LIBS_ENV)
-    if override:
-        return Path(override).expanduser().resolve()
-    return REPO_ROOT / ".cache" / f"kafka-libs-{kafka_version()}"
-
-
-def find_java() -> str:
-    """Path of the `java` executable ($JAVA_HOME/bin/java first); ToolchainMissingError if none."""
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home and os.access(Path(java_home, "bin", "java"), os.X_OK):
-        return str(Path(java_home, "bin", "java"))
-    java = shutil.which("java")
-    if java is None:
-        raise ToolchainMissingError(
-            "`java` was not found on PATH: a real Kafka broker needs Java 17 or newer "
-            "(Debian/Ubuntu: apt-get install openjdk-17-jre-headless)"
-        )
-    return java
-
-
-def _find_mvn() -> str:
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise ToolchainMissingError(
-            "`mvn` was not found on PATH: it fetches the Kafka broker jars from Maven Central "
-            "(Debian/Ubuntu: apt-get install maven)"
-        )
-    return mvn
-
-
-def _has_kafka_jars(directory: Path) -> bool:
-    return directory.is_dir() and any(directory.glob(_KAFKA_JAR_GLOB))
-
-
-def ensure_jars(cache_dir: Path | None = None) -> Path:
-    """Return a directory holding the broker's jars, fetching them with `mvn` the first time.
-
-    A directory holding the marker file written after a complete copy is used as is (no network).
-    Otherwise `mvn dependency:copy-dependencies` copies into a temporary sibling directory, which
-    is then renamed into place, so concurrent callers never see half a classpath. A directory
-    someone filled by hand (it holds a kafka_2.13 jar but no marker) is used as is too.
-    """
-    target = (cache_dir or default_libs_dir()).expanduser().resolve()
-    if (target / _MARKER).is_file():
-        return target
-    if _has_kafka_jars(target):
-        return target
-    if target.is_dir() and any(target.iterdir()):
-        raise RuntimeError(f"{target} exists but holds no Kafka jars; remove it and retry")
-    find_java()
-    mvn = _find_mvn()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        result = subprocess.run(
-            [
-                mvn,
-                "-B",
-                "-q",
-                "-f",
-                str(KAFKA_POM),
-                "dependency:copy-dependencies",
-                "-DincludeScope=runtime",
-                f"-DoutputDirectory={staging}",
-            ],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        if result.returncode != 0 or not _has_kafka_jars(staging):
-            output = (result.stdout + result.stderr).strip()[-4000:]
-            raise RuntimeError(
-                f"`mvn dependency:copy-dependencies -f {KAFKA_POM}` failed "
-                f"(exit code {result.returncode}); output:\n{output}"
-            )
-        jars = sorted(path.name for path in staging.glob("*.jar"))
-        (staging / _MARKER).write_text("\n".join(jars) + "\n", encoding="utf-8")
-        try:
-            staging.rename(target)
-        except OSError:
-            if (target / _MARKER).is_file():  # a concurrent caller finished first
-                return target
-            if target.is_dir() and not any(target.iterdir()):
-                target.rmdir()
-                staging.rename(target)
-            else:
-                raise RuntimeError(
-                    f"{target} exists but holds no Kafka jars; remove it and retry"
-                ) from None
-        return target
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
 def _new_cluster_id() -> str:
     """16 random bytes, base64url without padding, not starting with '-' (as Kafka's Uuid)."""
     while True:
@@ -198,86 +76,6 @@ def _new_cluster_id() -> str:
 
 def _escape_property(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-class _NotReady(Exception):
-    pass
-
-
-async def _probe_once(bootstrap: str) -> None:
-    """One readiness check: metadata, group coordinator, transaction coordinator (raises if not)."""
-    from aiokafka import AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="sync-gateway-readiness",
-        request_timeout_ms=_PROBE_REQUEST_TIMEOUT_MS,
-    )
-    try:
-        await admin.start()
-        cluster = await admin.describe_cluster()
-        if not cluster.get("brokers"):
-            raise _NotReady("metadata lists no broker")
-        coordinator = await admin.find_coordinator(_READINESS_GROUP, 0)
-        responses = await admin.describe_consumer_groups(
-            [_READINESS_GROUP], group_coordinator_id=coordinator
-        )
-        for response in responses:
-            for group in response.groups:
-                # 0: NONE (an unknown group is "Dead"); 69: GROUP_ID_NOT_FOUND (newer versions).
-                if group[0] not in (0, 69):
-                    raise _NotReady(f"group coordinator answers error code {group[0]}")
-    finally:
-        await admin.close()
-
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        client_id="sync-gateway-readiness",
-        transactional_id=_READINESS_TXN_ID,
-        enable_idempotence=True,
-        acks="all",
-        request_timeout_ms=_PROBE_REQUEST_TIMEOUT_MS,
-    )
-    try:
-        await producer.start()  # InitProducerId through the transaction coordinator
-    finally:
-        await producer.stop()
-
-
-async def _wait_until_ready(bootstrap: str, deadline: float, alive: Callable[[], bool]) -> None:
-    last_error = "no attempt made"
-    while True:
-        if not alive():
-            raise _NotReady("the broker process exited")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"last readiness probe: {last_error}")
-        try:
-            await asyncio.wait_for(
-                _probe_once(bootstrap), timeout=min(remaining, _PROBE_ATTEMPT_TIMEOUT)
-            )
-            return
-        except Exception as exc:
-            last_error = f"{type(exc).__name__}: {exc}"
-        await asyncio.sleep(0.2)
-
-
-def _run_in_private_loop(factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run a coroutine with `asyncio.run` in a helper thread (the caller may own a running loop)."""
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            asyncio.run(factory())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="kafka-broker-readiness", daemon=True)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
 
 
 class KafkaBroker(ServerProcess):
@@ -385,7 +183,7 @@ class KafkaBroker(ServerProcess):
         self.log4j_path.write_text(_LOG4J2_YAML, encoding="utf-8")
 
     def _resolve_libs(self) -> Path:
-        if self._libs is not None and _has_kafka_jars(self._libs):
+        if self._libs is not None and has_kafka_jars(self._libs):
             return self._libs.resolve()
         return ensure_jars(self._libs)
 
@@ -492,7 +290,7 @@ class KafkaBroker(ServerProcess):
         try:
             while True:
                 if not alive():
-                    raise _NotReady("the broker process exited")
+                    raise NotReady("the broker process exited")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError("its port did not open")
@@ -501,8 +299,8 @@ class KafkaBroker(ServerProcess):
                     break
                 except TimeoutError:
                     continue
-            _run_in_private_loop(lambda: _wait_until_ready(self.bootstrap, deadline, alive))
-        except _NotReady:
+            run_in_private_loop(lambda: wait_until_ready(self.bootstrap, deadline, alive))
+        except NotReady:
             code = child.poll()
             raise RuntimeError(failure(f"exited during start-up (exit code {code})")) from None
         except TimeoutError as exc:

@@ -19,7 +19,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from gateway.testing import kafka_broker as kafka_broker_module
-from gateway.testing.kafka_broker import KafkaBroker, ensure_jars
+from gateway.testing.kafka_broker import KafkaBroker
+from gateway.testing.kafka_jars import ensure_jars
 from gateway.testing.ports import free_port, port_is_open, wait_for_port
 from gateway.testing.redis_server import RedisServer
 
