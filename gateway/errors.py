@@ -14,6 +14,9 @@
     │   ├── KafkaUnavailable        retriable: unreachable, timed out, wedged; rebuild and retry
     │   ├── KafkaFenced             retriable: a newer producer took our transactional id
     │   └── RecordsRefused          some records can never be written (too large, invalid)
+    ├── StreamError               a stream subscription or cursor cannot go on as asked
+    │   ├── InvalidCursor           not retriable: garbage, forged or out-of-bounds cursor token
+    │   └── IllegalTransition       a bug: a subscription's state machine refuses an event
     ├── SchemaRegistryError       a schema file or directory is malformed (at start-up)
     └── ConfigError               the configuration cannot work
 
@@ -95,6 +98,33 @@ class RecordsRefused(KafkaError):
         super().__init__(f"{len(refused)} record(s) refused for good")
         self.refused = refused
         """Local sequence -> reason."""
+
+
+class StreamError(GatewayError):
+    """A downstream stream request (subscribe, cursor, long-poll) cannot go on as asked."""
+
+    code: ClassVar[str] = "stream_error"
+
+
+class InvalidCursor(StreamError):
+    """A cursor token that is not one this gateway fleet issued, or not usable as such.
+
+    Not retriable: the same token always fails. ``reason`` says why, for logs and error frames
+    (``malformed``, ``too_large``, ``unsupported_version``, ``bad_signature``,
+    ``invalid_position``); the client should drop the token and subscribe without one.
+    """
+
+    code = "invalid_cursor"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class IllegalTransition(StreamError):
+    """An event a subscription's state machine does not allow in its current state (a bug)."""
+
+    code = "illegal_transition"
 
 
 class SchemaRegistryError(GatewayError):

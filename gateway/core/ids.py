@@ -13,3 +13,10 @@ InstanceId = NewType("InstanceId", str)
 
 KafkaOffset = NewType("KafkaOffset", int)
 """Offset of a record in one Kafka partition."""
+
+Epoch = NewType("Epoch", str)
+"""Names one history of the streamed topics (e.g. derived from the Kafka cluster id and topic
+ids); a cursor is only valid in the epoch it was issued in."""
+
+Channel = NewType("Channel", str)
+"""A stream channel a client subscribes to, e.g. ``inventory:s-7`` (see ``core.channels``)."""
