@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -36,6 +36,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
+from gateway.adapters.kafka_common import close_quietly, describe
 from gateway.core.ids import InstanceId, LocalSeq
 from gateway.core.records import OutRecord
 from gateway.errors import KafkaFenced, KafkaUnavailable, RecordsRefused
@@ -106,7 +107,7 @@ class AiokafkaPublisher:
                     await _stop_quietly(producer)
                     raise
         except (AiokafkaError, OSError, TimeoutError) as exc:
-            raise KafkaUnavailable(f"cannot open the Kafka link: {_describe(exc)}") from exc
+            raise KafkaUnavailable(f"cannot open the Kafka link: {describe(exc)}") from exc
         self._producer = producer
         return position
 
@@ -150,7 +151,7 @@ class AiokafkaPublisher:
                 producer.client.fetch_all_metadata(), self._s.request_timeout_ms / 1000
             )
         except (AiokafkaError, OSError, TimeoutError) as exc:
-            raise KafkaUnavailable(f"Kafka does not answer: {_describe(exc)}") from exc
+            raise KafkaUnavailable(f"Kafka does not answer: {describe(exc)}") from exc
 
     async def publish(
         self, records: Sequence[OutRecord], position: LocalSeq, store_id: str
@@ -178,7 +179,7 @@ class AiokafkaPublisher:
                             raise KafkaUnavailable("a delivery is unconfirmed after flush")
                         failure = future.exception()
                         if isinstance(failure, _REFUSED_FOR_GOOD):
-                            refused.update(dict.fromkeys(seqs, _describe(failure)))
+                            refused.update(dict.fromkeys(seqs, describe(failure)))
                         elif failure is not None:
                             raise failure
                     if refused:
@@ -193,9 +194,9 @@ class AiokafkaPublisher:
         except (RecordsRefused, KafkaUnavailable):
             raise
         except ProducerFenced as exc:
-            raise KafkaFenced(f"producer fenced: {_describe(exc)}") from exc
+            raise KafkaFenced(f"producer fenced: {describe(exc)}") from exc
         except (AiokafkaError, OSError, TimeoutError) as exc:
-            raise KafkaUnavailable(f"transaction failed: {_describe(exc)}") from exc
+            raise KafkaUnavailable(f"transaction failed: {describe(exc)}") from exc
 
     async def _send_batched(
         self, producer: AIOKafkaProducer, records: Sequence[OutRecord], refused: dict[int, str]
@@ -253,7 +254,7 @@ class AiokafkaPublisher:
                 log.info("creating Kafka topics: %s", ", ".join(t.name for t in missing))
                 await admin.create_topics(missing)
         finally:
-            await _close_quietly(admin.close())
+            await close_quietly(admin.close())
 
     async def _read_position(self, store_id: str) -> LocalSeq:
         """The last position this instance committed, scanning back from the topic's end.
@@ -292,7 +293,7 @@ class AiokafkaPublisher:
                 end, window = start, window * 4
             return LocalSeq(0)
         finally:
-            await _close_quietly(consumer.stop())
+            await close_quietly(consumer.stop())
 
 
 _POSITION_TOPIC_CONFIG: Final = {
@@ -312,7 +313,7 @@ async def _high_watermark(bootstrap: str, partition: TopicPartition) -> int:
     try:
         return int((await consumer.end_offsets([partition]))[partition])
     finally:
-        await _close_quietly(consumer.stop())
+        await close_quietly(consumer.stop())
 
 
 async def _last_value_for(
@@ -331,16 +332,4 @@ async def _last_value_for(
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:
-    await _close_quietly(producer.stop())
-
-
-async def _close_quietly(closing: Coroutine[Any, Any, object]) -> None:
-    """Close a client without hanging: aiokafka's stop() can wait forever on a dead broker,
-    and a hang in cleanup would outlive the caller's timeout."""
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(closing, 10)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    await close_quietly(producer.stop())

@@ -113,7 +113,7 @@ class SqliteEventStore:
         try:
             db = await aiosqlite.connect(self._path, isolation_level=None)
         except sqlite3.DatabaseError as exc:
-            raise _translate(exc, f"cannot open store {self._path}") from exc
+            raise translate_sqlite_error(exc, f"cannot open store {self._path}") from exc
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
@@ -127,7 +127,7 @@ class SqliteEventStore:
                 await db.execute(f"PRAGMA max_page_count={max(1, self._max_bytes // page_size)}")
         except sqlite3.DatabaseError as exc:
             await db.close()
-            raise _translate(exc, f"cannot open store {self._path}") from exc
+            raise translate_sqlite_error(exc, f"cannot open store {self._path}") from exc
         self._db = db
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
         async with self._transaction("create store id") as tx:
@@ -294,7 +294,7 @@ class SqliteEventStore:
             async with db.execute(sql, params) as cursor:
                 return list(await cursor.fetchall())
         except sqlite3.DatabaseError as exc:
-            raise _translate(exc, "store read failed") from exc
+            raise translate_sqlite_error(exc, "store read failed") from exc
 
     @contextlib.asynccontextmanager
     async def _transaction(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
@@ -311,7 +311,7 @@ class SqliteEventStore:
                         await db.execute("ROLLBACK")
                     raise
             except sqlite3.DatabaseError as exc:
-                raise _translate(exc, f"store {what} failed") from exc
+                raise translate_sqlite_error(exc, f"store {what} failed") from exc
 
     def _require_open(self) -> aiosqlite.Connection:
         if self._db is None:
@@ -399,7 +399,7 @@ def _row_to_stored(row: Any) -> StoredEvent:
     )
 
 
-def _translate(exc: sqlite3.DatabaseError, what: str) -> StoreError:
+def translate_sqlite_error(exc: sqlite3.DatabaseError, what: str) -> StoreError:
     code = getattr(exc, "sqlite_errorcode", None)
     if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         return StoreCorrupt(f"{what}: database is damaged ({exc})")
