@@ -29,7 +29,6 @@ from gateway.flows.downstream_ports import Fetched, LogRecord, OffsetRange, Part
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True, slots=True)
 class ConsumerSettings:
     bootstrap: str

@@ -23,7 +23,7 @@ from typing import Any
 
 from gateway.core.backoff import Backoff
 from gateway.core.ids import KafkaOffset
-from gateway.errors import KafkaError, KafkaUnavailable, StoreError
+from gateway.errors import KafkaUnavailable, StoreError
 from gateway.flows.downstream_ports import (
     DownstreamListener,
     DownstreamLog,
@@ -34,15 +34,9 @@ from gateway.flows.downstream_ports import (
     PartitionKey,
     RecordChannels,
 )
+from gateway.flows.sessions import SessionLoop
 
 log = logging.getLogger(__name__)
-
-
-class ConsumerState(StrEnum):
-    STARTING = "starting"
-    UP = "up"
-    DOWN = "down"
-    STOPPED = "stopped"
 
 
 class ResetReason(StrEnum):
@@ -108,8 +102,11 @@ class DownstreamSettings:
     prune_interval_s: float = 60.0
 
 
-class DownstreamConsumer:
+class DownstreamConsumer(SessionLoop):
     """Keeps the downstream log up to date with the update topics and tells listeners."""
+
+    name = "downstream consumer"
+    down_hint = "; the local log is still served and catches up when Kafka is back"
 
     def __init__(
         self,
@@ -119,16 +116,15 @@ class DownstreamConsumer:
         settings: DownstreamSettings,
         backoff: Backoff | None = None,
     ) -> None:
+        super().__init__(
+            settings.bootstrap, backoff if backoff is not None else Backoff(base=0.2, cap=10.0)
+        )
         self._log = downstream_log
         self._source = source
         self._channels = channels
         self._s = settings
-        self._backoff = backoff if backoff is not None else Backoff(base=0.2, cap=10.0)
         self._listeners: list[DownstreamListener] = []
         self._suspect: set[PartitionKey] = set()
-        self._tasks: list[asyncio.Task[None]] = []
-        self.state = ConsumerState.STARTING
-        self.last_error: str | None = None
         self.positions: dict[PartitionKey, KafkaOffset] = {}
         """The log's positions as of the last append (where "now" is for a new subscriber)."""
         self.lag: int | None = None
@@ -146,53 +142,17 @@ class DownstreamConsumer:
 
     def status(self) -> dict[str, Any]:
         return {
-            "state": self.state.value,
-            "bootstrap": self._s.bootstrap,
+            **super().status(),
             "topics": list(self._s.topics),
             "partitions": len(self.positions),
             "lag": self.lag,
             "consumed": self.consumed,
             "unmapped": self.unmapped,
             "resets": self.resets,
-            "last_error": self.last_error,
         }
 
-    def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self.run(), name="downstream-consumer"),
-            asyncio.create_task(self._housekeeping(), name="downstream-housekeeping"),
-        ]
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+    async def _close(self) -> None:
         await self._source.close()
-        self.state = ConsumerState.STOPPED
-
-    async def run(self) -> None:
-        """Sessions until cancelled; a failed session is followed by a backoff."""
-        while True:
-            try:
-                await self._session()
-            except (KafkaError, StoreError) as exc:
-                self._link_down(exc)
-                await asyncio.sleep(self._backoff.next_delay())
-            except Exception as exc:  # a bug must not stop consuming for good
-                log.exception("downstream session failed unexpectedly")
-                self._link_down(exc)
-                await asyncio.sleep(self._backoff.next_delay())
-            except asyncio.CancelledError as exc:
-                current = asyncio.current_task()
-                if current is None or current.cancelling():
-                    raise
-                # A library's stray CancelledError (we were not cancelled): not the end.
-                log.exception("downstream session ended by a stray CancelledError")
-                self._link_down(KafkaUnavailable(f"session cancelled from inside: {exc!r}"))
-                await asyncio.sleep(self._backoff.next_delay())
 
     async def _session(self) -> None:
         try:
@@ -202,7 +162,8 @@ class DownstreamConsumer:
             await self._apply_resets(plan.resets)
             await self._source.seek(plan.seek)
             self.positions = await self._log.positions()
-            self._link_up()
+            self._link_up(f"consuming {', '.join(self._s.topics)}")
+            self._backoff.reset()
             await self._consume(set(ranges))
         finally:
             await self._source.close()
@@ -291,26 +252,6 @@ class DownstreamConsumer:
         if failure is not None:
             log.warning("channel mapping failed on a record (it is skipped): %s", failure)
         return mapped
-
-    def _link_up(self) -> None:
-        if self.state is not ConsumerState.UP:
-            log.info("downstream consumer up at %s: %s", self._s.bootstrap, self._s.topics)
-        self.state = ConsumerState.UP
-        self.last_error = None
-        self._backoff.reset()
-
-    def _link_down(self, exc: Exception) -> None:
-        self.last_error = str(exc)
-        if self.state is not ConsumerState.DOWN:
-            log.warning(
-                "downstream consumer cannot read Kafka at %s (%s); the local log is still"
-                " served and catches up when Kafka is back",
-                self._s.bootstrap,
-                exc,
-            )
-        else:
-            log.info("downstream consumer still down: %s", exc)
-        self.state = ConsumerState.DOWN
 
     async def _housekeeping(self) -> None:
         """Prune records past their retention (positions are kept)."""

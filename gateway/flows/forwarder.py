@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from gateway.core.backoff import Backoff
@@ -23,18 +22,12 @@ from gateway.core.forwarding import plan_records
 from gateway.core.ids import InstanceId, LocalSeq
 from gateway.core.records import QuarantineEntry, StoredEvent
 from gateway.core.routing import TopicRouter
-from gateway.errors import KafkaError, KafkaUnavailable, RecordsRefused, StoreError
+from gateway.errors import KafkaUnavailable, RecordsRefused, StoreError
 from gateway.flows.ports import EventStore, KafkaPublisher
+from gateway.flows.sessions import SessionLoop
 from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
-
-
-class LinkState(StrEnum):
-    STARTING = "starting"
-    UP = "up"
-    DOWN = "down"
-    STOPPED = "stopped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +47,13 @@ class ForwarderSettings:
     """Fault injection for tests: called at named points; may end the process."""
 
 
-class Forwarder:
+class Forwarder(SessionLoop):
+    name = "forwarder"
+    down_hint = (
+        "; events are still acknowledged into the local store and will be forwarded when"
+        " Kafka is back"
+    )
+
     def __init__(
         self,
         store: EventStore,
@@ -63,38 +62,20 @@ class Forwarder:
         metrics: GatewayMetrics,
         backoff: Backoff | None = None,
     ) -> None:
+        super().__init__(
+            settings.bootstrap, backoff if backoff is not None else Backoff(base=0.2, cap=10.0)
+        )
         self._store = store
         self._publisher = publisher
         self._s = settings
         self._metrics = metrics
-        self._backoff = backoff if backoff is not None else Backoff(base=0.2, cap=10.0)
-        self.state = LinkState.STARTING
-        self.last_error: str | None = None
         self.position = LocalSeq(0)
-        self._tasks: list[asyncio.Task[None]] = []
 
     def status(self) -> dict[str, Any]:
-        return {
-            "state": self.state.value,
-            "bootstrap": self._s.bootstrap,
-            "position": self.position,
-            "last_error": self.last_error,
-        }
+        return {**super().status(), "position": self.position}
 
-    def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self.run(), name="forwarder"),
-            asyncio.create_task(self._housekeeping(), name="forwarder-housekeeping"),
-        ]
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def _close(self) -> None:
         await self._publisher.close()
-        self.state = LinkState.STOPPED
 
     async def drain(self, deadline_s: float) -> bool:
         """Wait until the backlog is forwarded or the deadline passes; True if drained."""
@@ -104,19 +85,6 @@ class Forwarder:
                 return True
             await asyncio.sleep(0.05)
         return False
-
-    async def run(self) -> None:
-        """Sessions until cancelled; a failed session is followed by a backoff."""
-        while True:
-            try:
-                await self._session()
-            except (KafkaError, StoreError) as exc:
-                self._link_down(exc)
-                await asyncio.sleep(self._backoff.next_delay())
-            except Exception as exc:  # a bug must not stop forwarding for good
-                log.exception("forwarding session failed unexpectedly")
-                self._link_down(exc)
-                await asyncio.sleep(self._backoff.next_delay())
 
     async def _session(self) -> None:
         kafka_position = await self._publisher.open(self._store.store_id)
@@ -132,7 +100,8 @@ class Forwarder:
         self.position = max(kafka_position, local_mark)
         if kafka_position > local_mark:
             await self._store.mark_forwarded(kafka_position)
-        self._link_up()
+        self._link_up(f"forwarding from local seq {self.position}")
+        self._metrics.kafka_up.set(1)
         last_contact = time.monotonic()
         batch = await self._store.read_after(self.position, self._s.batch_max)
         while True:
@@ -227,29 +196,8 @@ class Forwarder:
         await self._store.quarantine(entries)
         self._metrics.dlq_events.set(len(await self._store.quarantined()))
 
-    def _link_up(self) -> None:
-        if self.state is not LinkState.UP:
-            log.info(
-                "Kafka link up at %s; forwarding from local seq %d",
-                self._s.bootstrap,
-                self.position,
-            )
-        self.state = LinkState.UP
-        self.last_error = None
-        self._metrics.kafka_up.set(1)
-
     def _link_down(self, exc: Exception) -> None:
-        self.last_error = str(exc)
-        if self.state is not LinkState.DOWN:
-            log.warning(
-                "Kafka unreachable at %s (%s); events are still acknowledged into the local"
-                " store and will be forwarded when Kafka is back",
-                self._s.bootstrap,
-                exc,
-            )
-        else:
-            log.info("Kafka link still down: %s", exc)
-        self.state = LinkState.DOWN
+        super()._link_down(exc)
         self._metrics.kafka_up.set(0)
 
     async def _housekeeping(self) -> None:

@@ -15,7 +15,8 @@ from gateway.core.backoff import Backoff
 from gateway.core.ids import InstanceId, LocalSeq
 from gateway.core.ingest import StorableEvent
 from gateway.core.routing import DEFAULT_ROUTES, TopicRouter
-from gateway.flows.forwarder import Forwarder, ForwarderSettings, LinkState
+from gateway.flows.forwarder import Forwarder, ForwarderSettings
+from gateway.flows.sessions import LinkState
 from gateway.metrics import GatewayMetrics
 from tests.factories import storable
 

@@ -22,8 +22,9 @@ from gateway.adapters.kafka_consumer import AiokafkaSource, ConsumerSettings
 from gateway.adapters.sqlite_downstream import SqliteDownstreamLog
 from gateway.core.backoff import Backoff
 from gateway.core.ids import KafkaOffset
-from gateway.flows.downstream import ConsumerState, DownstreamConsumer, DownstreamSettings
+from gateway.flows.downstream import DownstreamConsumer, DownstreamSettings
 from gateway.flows.downstream_ports import LogRecord, PartitionKey
+from gateway.flows.sessions import LinkState
 from gateway.testing.kafka_broker import KafkaBroker
 from gateway.testing.kafka_reader import read_committed
 from tests.integration.kafka_topics import create_topic
@@ -239,7 +240,7 @@ async def test_broker_and_consumer_restarts_lose_and_repeat_nothing(
             try:
 
                 async def down() -> bool:
-                    return consumer.state is ConsumerState.DOWN
+                    return consumer.state is LinkState.DOWN
 
                 await eventually(down, "the consumer sees the outage", 30)
             finally:
@@ -248,7 +249,7 @@ async def test_broker_and_consumer_restarts_lose_and_repeat_nothing(
                 await transact(again, updates(topics, 6, first=20), commit=False)
                 await transact(again, updates(topics, 10, first=30), commit=True)
             await caught_up(kafka_broker.bootstrap, dlog, topics)
-            assert consumer.state is ConsumerState.UP
+            assert consumer.state is LinkState.UP
         finally:
             await consumer.stop()
         async with producing(kafka_broker.bootstrap) as later:
