@@ -28,14 +28,14 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import aiosqlite
 import msgpack
 
-from gateway.adapters.sqlite_store import translate_sqlite_error
+from gateway.adapters.sqlite_store import translate_sqlite_error, write_transaction
 from gateway.core.ids import KafkaOffset
 from gateway.errors import StoreUnavailable
 from gateway.flows.downstream_ports import LogBounds, LogPage, LogRecord, PartitionKey
@@ -313,21 +313,12 @@ class SqliteDownstreamLog:
             raise StoreUnavailable("downstream log is not open")
         return db
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._write_lock:
-            db = self._require(self._writer)
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                    await db.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        await db.execute("ROLLBACK")
-                    raise
-            except sqlite3.DatabaseError as exc:
-                raise translate_sqlite_error(exc, f"downstream log {what} failed") from exc
+    def _transaction(
+        self, what: str
+    ) -> contextlib.AbstractAsyncContextManager[aiosqlite.Connection]:
+        return write_transaction(
+            self._require(self._writer), self._write_lock, f"downstream log {what}"
+        )
 
 
 async def _fetch(db: aiosqlite.Connection, sql: str, params: Sequence[object] = ()) -> list[Any]:

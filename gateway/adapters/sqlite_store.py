@@ -296,22 +296,10 @@ class SqliteEventStore:
         except sqlite3.DatabaseError as exc:
             raise translate_sqlite_error(exc, "store read failed") from exc
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction at a time; SQLite errors leave as StoreError, rolled back."""
-        db = self._require_open()
-        async with self._write_lock:
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                    await db.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        await db.execute("ROLLBACK")
-                    raise
-            except sqlite3.DatabaseError as exc:
-                raise translate_sqlite_error(exc, f"store {what} failed") from exc
+    def _transaction(
+        self, what: str
+    ) -> contextlib.AbstractAsyncContextManager[aiosqlite.Connection]:
+        return write_transaction(self._require_open(), self._write_lock, f"store {what}")
 
     def _require_open(self) -> aiosqlite.Connection:
         if self._db is None:
@@ -406,3 +394,23 @@ def translate_sqlite_error(exc: sqlite3.DatabaseError, what: str) -> StoreError:
     if code == sqlite3.SQLITE_FULL:
         return StoreUnavailable(f"{what}: store is full (quota or disk): {exc}")
     return StoreUnavailable(f"{what}: {exc}")
+
+
+@contextlib.asynccontextmanager
+async def write_transaction(
+    db: aiosqlite.Connection, lock: asyncio.Lock, what: str
+) -> AsyncIterator[aiosqlite.Connection]:
+    """One write transaction at a time on ``db`` (BEGIN IMMEDIATE ... COMMIT, rolled back on
+    any error); SQLite errors leave as :class:`~gateway.errors.StoreError`."""
+    async with lock:
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                await db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await db.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as exc:
+            raise translate_sqlite_error(exc, f"{what} failed") from exc
