@@ -29,10 +29,11 @@ class IngestEndpoint:
         self._retry_after_s = retry_after_s
 
     async def handle(self, request: Request) -> Response:
-        answer_media = preferred_media_type(request.headers.get("accept"), MediaType.JSON)
+        accept = request.headers.get("accept")
+        answer_media = preferred_media_type(accept, MediaType.JSON)  # until the body's is known
         try:
             media = media_type_of(request.headers.get("content-type"))
-            answer_media = preferred_media_type(request.headers.get("accept"), media)
+            answer_media = preferred_media_type(accept, media)
             body = decode(await read_body(request, self._max_body_bytes), media)
             results = await self._flow.ingest(body)
         except GatewayError as exc:

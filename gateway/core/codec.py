@@ -64,7 +64,8 @@ def decode(data: bytes, media: MediaType) -> object:
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
-        raise MalformedBody(f"body is not valid msgpack: {type(exc).__name__}: {exc}") from None
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise MalformedBody(f"body is not valid msgpack: {detail}") from None
 
 
 def encode(value: object, media: MediaType) -> bytes:
