@@ -1,0 +1,332 @@
+"""Fan-out of the downstream path: log records -> per-subscription bounded queues, no transport.
+
+A :class:`Fanout` is a :class:`~gateway.flows.downstream_ports.DownstreamListener` of the
+downstream consumer and holds :class:`Subscription` objects, one per (client, channel). A
+websocket or long-poll adapter sits on top: it calls :meth:`Fanout.subscribe`, then loops on
+:meth:`Subscription.next_item` and writes each :class:`Update` or :class:`Reset` as a frame.
+
+Replay, then live, with no gap and no duplicate at the seam. A subscription with a cursor starts
+``replaying`` in a background task: it pages the channel out of the local log from the cursor's
+positions, advancing the cursor with each page's positions, until a page is complete. Live
+records of the channel that arrive meanwhile are buffered (they are already committed to the log,
+so when the buffer overflows it is dropped and the log read once more). When a read is complete
+the buffered records at or above the cursor are delivered and the subscription goes ``live``,
+with no ``await`` in between. Live, a record of the channel is delivered when its offset is at or
+above the cursor's position in its partition (records below it the client has already). Replay
+waits for room in the queue (a client far behind is not "slow"); a live subscription whose queue
+is full is marked ``slow`` and closed (reason ``"slow consumer"``), its queue dropped, so memory
+stays bounded and other subscriptions are unaffected.
+
+History checks use :func:`gateway.core.replay.decide_replay` with ``kafka=None`` (local log
+only). TODO: the Kafka fallback (``FromKafka``, or ``Wait`` when the log does not hold the
+records after the cursor) is not implemented: such a subscription gets a :class:`Reset`
+(reason :data:`KAFKA_REPLAY_MISSING`), which is safe (the client re-snapshots) but stricter than
+necessary. A partition the cursor does not name is replayed from offset 0.
+
+When the consumer resets a partition (:meth:`Fanout.on_reset`), every subscription whose cursor
+names it gets a :class:`Reset` and ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from gateway.core import replay
+from gateway.core.channels import valid_channel
+from gateway.core.cursor import Cursor
+from gateway.core.ids import Epoch, KafkaOffset
+from gateway.core.replay import SubscriptionEvent, SubscriptionPhase, SubscriptionState
+from gateway.flows.downstream_ports import DownstreamLog, LogRecord, PartitionKey
+
+log = logging.getLogger(__name__)
+
+SLOW_CONSUMER = "slow consumer"
+KAFKA_REPLAY_MISSING = "history_not_in_local_log"
+"""Reset reason while replay from Kafka is not implemented (TODO)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One record for the client, and the cursor to persist once it is applied."""
+
+    record: LogRecord
+    cursor_after: Cursor
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The history of the subscription is gone: the client must re-snapshot. Always the last."""
+
+    reason: str
+
+
+Item = Update | Reset
+
+
+class SubscriptionClosed(Exception):
+    """:meth:`Subscription.next_item` of an ended subscription with nothing left to hand out."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Subscription:
+    """One channel for one client: a bounded queue of :class:`Update` / :class:`Reset` items."""
+
+    def __init__(
+        self, channel: str, cursor: Cursor, max_items: int, on_close: Callable[[Subscription], None]
+    ) -> None:
+        self.channel = channel
+        self.cursor = cursor
+        """Where the client is once it applied everything queued so far."""
+        self.state = SubscriptionState()
+        self.slow = False
+        self.closed_reason: str | None = None
+        self._max = max_items
+        self._queue: deque[Item] = deque()
+        self._pending: list[LogRecord] = []  # live records seen while replaying
+        self._pending_dropped = False
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._on_close = on_close
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def phase(self) -> SubscriptionPhase:
+        """The state machine's phase (replaying, live, reset_sent, closed)."""
+        return self.state.phase
+
+    def replaying(self) -> bool:
+        """Whether the subscription is still catching up from the log."""
+        return self.state.phase is SubscriptionPhase.REPLAYING
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for the adapter."""
+        return len(self._queue)
+
+    async def next_item(self) -> Item:
+        """The next item for the client; raise :class:`SubscriptionClosed` once it has ended
+        and everything it queued before (e.g. a final :class:`Reset`) was handed out."""
+        while True:
+            if self._queue:
+                item = self._queue.popleft()
+                self._room.set()
+                return item
+            if self.closed_reason is not None:
+                raise SubscriptionClosed(self.closed_reason)
+            self._ready.clear()
+            await self._ready.wait()
+
+    async def _wait_for_room(self) -> int:
+        """Free slots in the queue, waiting until there is at least one."""
+        while len(self._queue) >= self._max and self.state.delivers:
+            self._room.clear()
+            await self._room.wait()
+        return self._max - len(self._queue)
+
+    def _offer(self, record: LogRecord) -> None:
+        """A live record of the channel: buffer it while replaying, else deliver it."""
+        if self.phase is SubscriptionPhase.REPLAYING:
+            if len(self._pending) >= self._max:  # it is in the log: read it again instead
+                self._pending.clear()
+                self._pending_dropped = True
+            self._pending.append(record)
+        elif self.phase is SubscriptionPhase.LIVE:
+            self._deliver(record)
+
+    def _deliver(self, record: LogRecord) -> None:
+        """Enqueue a record unless the client has it; close as slow when the queue is full."""
+        position = self.cursor.position(record.topic, record.partition)
+        if position is not None and record.offset < position:
+            return
+        if len(self._queue) >= self._max:
+            self._end(SubscriptionEvent.DISCONNECT, SLOW_CONSUMER, slow=True)
+            return
+        self.cursor = self.cursor.advance(record.topic, record.partition, record.offset)
+        self._queue.append(Update(record, self.cursor))
+        self._ready.set()
+
+    def _go_live(self) -> None:
+        """The replay is complete: deliver the buffered live records above the cursor."""
+        pending, self._pending = self._pending, []
+        self.state.handle(SubscriptionEvent.REPLAY_DONE)
+        for record in pending:
+            if self.phase is not SubscriptionPhase.LIVE:
+                break
+            self._deliver(record)
+
+    def _reset(self, reason: str) -> None:
+        """Queue a final :class:`Reset` (it may exceed the bound by one) and end."""
+        if self.state.delivers:
+            self._queue.append(Reset(reason))
+            self._end(SubscriptionEvent.RESET, reason)
+
+    def _end(self, event: SubscriptionEvent, reason: str, *, slow: bool = False) -> None:
+        if self.closed_reason is not None:
+            return
+        self.state.handle(event)
+        self.closed_reason = reason
+        self.slow = slow
+        if slow or event is not SubscriptionEvent.RESET:
+            self._queue.clear()  # bounded memory: nothing more goes to this client
+        self._pending.clear()
+        self._ready.set()
+        self._room.set()
+        self._on_close(self)
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.channel} {self.phase.value} queued={len(self._queue)}>"
+
+
+class Fanout:
+    """Routes committed log records to subscriptions; a DownstreamListener."""
+
+    def __init__(
+        self,
+        downstream_log: DownstreamLog,
+        epoch: Epoch,
+        *,
+        now: Callable[[], Mapping[PartitionKey, KafkaOffset]] | None = None,
+        max_queue: int = 1000,
+        page_size: int = 500,
+    ) -> None:
+        """``now`` gives the positions a "from now" subscription starts at (e.g. ``lambda:
+        consumer.positions``); without it they are read from the log. ``max_queue`` bounds each
+        subscription's queue (and its buffer of live records during replay)."""
+        if max_queue < 1 or page_size < 1:
+            raise ValueError("max_queue and page_size must be positive")
+        self._log = downstream_log
+        self.epoch = epoch
+        self._now = now
+        self._max = max_queue
+        self._page = page_size
+        self._by_channel: dict[str, set[Subscription]] = {}
+
+    @property
+    def subscriptions(self) -> int:
+        """Open subscriptions."""
+        return sum(len(subs) for subs in self._by_channel.values())
+
+    def subscribe(self, channel: str, cursor: Cursor | None) -> Subscription:
+        """A subscription to ``channel`` after ``cursor`` (``None``: from now). Must be called on
+        the event loop; a replay, if any, runs in a task. Raise ValueError for a bad channel."""
+        if not valid_channel(channel):
+            raise ValueError(f"invalid channel {channel!r:.80}")
+        if cursor is None and self._now is not None:
+            start = Cursor(self.epoch, _by_topic(self._now()))
+            sub = Subscription(channel, start, self._max, self._detach)
+            sub.state.handle(SubscriptionEvent.REPLAY_DONE)
+        else:
+            sub = Subscription(channel, cursor or Cursor(self.epoch), self._max, self._detach)
+            sub.task = asyncio.create_task(self._replay(sub, from_now=cursor is None))
+        self._by_channel.setdefault(channel, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """End a subscription (idempotent); its queue is dropped."""
+        sub._end(SubscriptionEvent.UNSUBSCRIBE, "unsubscribed")
+
+    async def close(self) -> None:
+        """Unsubscribe everything and wait for replay tasks to end."""
+        subs = [s for subs in self._by_channel.values() for s in subs]
+        for sub in subs:
+            self.unsubscribe(sub)
+        tasks = [s.task for s in subs if s.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- DownstreamListener -----------------------------------------------------------------
+
+    def on_records(self, records: Sequence[LogRecord]) -> None:
+        """Offer each record to the subscriptions of its channels (never blocks)."""
+        for record in records:
+            for channel in record.channels:
+                subs = self._by_channel.get(channel)
+                if subs:
+                    for sub in list(subs):
+                        sub._offer(record)
+
+    def on_reset(self, partition: PartitionKey, offset: KafkaOffset, reason: str) -> None:
+        """Reset every subscription whose cursor names the partition."""
+        for subs in list(self._by_channel.values()):
+            for sub in list(subs):
+                if sub.cursor.position(*partition) is not None:
+                    sub._reset(f"partition {partition[0]}:{partition[1]} reset: {reason}")
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _detach(self, sub: Subscription) -> None:
+        subs = self._by_channel.get(sub.channel)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_channel[sub.channel]
+        if sub.task is not None and sub.task is not asyncio.current_task():
+            sub.task.cancel()
+
+    async def _replay(self, sub: Subscription, *, from_now: bool) -> None:
+        try:
+            if from_now:
+                sub.cursor = Cursor(self.epoch, _by_topic(await self._log.positions()))
+            else:
+                problem = await self._history_problem(sub.cursor)
+                if problem is not None:
+                    sub._reset(problem)
+                    return
+            while sub.replaying():
+                room = await sub._wait_for_room()
+                if not sub.replaying():
+                    return
+                sub._pending_dropped = False
+                after = {(t, p): o for t, p, o in sub.cursor.entries()}
+                page = await self._log.read([sub.channel], after, min(room, self._page))
+                if not sub.replaying():
+                    return
+                for record in page.records:
+                    sub._deliver(record)  # never overflows: limit <= room
+                sub.cursor = sub.cursor.advance_many(page.positions)
+                if page.complete and not sub._pending_dropped:
+                    sub._go_live()  # no await since the read: nothing slips in between
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("replay of %s failed: %s", sub.channel, exc)
+            if sub.state.delivers:
+                sub._end(SubscriptionEvent.DISCONNECT, f"replay failed: {exc}")
+
+    async def _history_problem(self, cursor: Cursor) -> str | None:
+        """Why the local log cannot replay after ``cursor`` (a reset reason), or None."""
+        if cursor.epoch != self.epoch:
+            return replay.ResetReason.EPOCH_CHANGED.value
+        keys = set(await self._log.positions()) | {(t, p) for t, p, _ in cursor.entries()}
+        for topic, partition in sorted(keys):
+            bounds = await self._log.bounds(topic, partition)
+            local = None if bounds is None else replay.LocalBounds(bounds.start, bounds.next)
+            decision = replay.decide_replay(
+                cursor.position(topic, partition) or KafkaOffset(0),
+                local=local,
+                kafka=None,
+                epoch_matches=True,
+            )
+            if isinstance(decision, replay.Reset):
+                return decision.reason.value
+            if isinstance(decision, replay.FromKafka | replay.Wait):
+                return KAFKA_REPLAY_MISSING  # TODO: replay from Kafka instead
+        return None
+
+
+def _by_topic(positions: Mapping[PartitionKey, KafkaOffset]) -> dict[str, dict[int, KafkaOffset]]:
+    nested: dict[str, dict[int, KafkaOffset]] = {}
+    for (topic, partition), offset in positions.items():
+        nested.setdefault(topic, {})[partition] = offset
+    return nested
