@@ -16,7 +16,6 @@ from dataclasses import replace
 from gateway.core.ids import EventId, LocalSeq
 from gateway.core.ingest import StorableEvent
 from gateway.core.records import Backlog, QuarantineEntry, StoredEvent
-from gateway.errors import StoreUnavailable
 
 
 class MemoryEventStore:
@@ -28,8 +27,6 @@ class MemoryEventStore:
         self._quarantine: dict[LocalSeq, QuarantineEntry] = {}
         self._appended = asyncio.Event()
         self.store_id = str(uuid.uuid4())
-        self.unavailable: str | None = None
-        """When set, every append fails with this reason (simulates a full disk)."""
 
     def _insert(self, event: StorableEvent, received_at_ms: int) -> None:
         seq = LocalSeq(self._next_seq)
@@ -38,8 +35,6 @@ class MemoryEventStore:
         self._by_id[event.event_id] = seq
 
     async def append(self, events: Sequence[StorableEvent]) -> list[bool]:
-        if self.unavailable is not None:
-            raise StoreUnavailable(self.unavailable)
         now_ms = int(time.time() * 1000)
         outcomes = []
         for event in events:

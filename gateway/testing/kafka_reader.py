@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,9 +77,3 @@ async def _partitions(bootstrap: str, topics: Sequence[str]) -> list[TopicPartit
         if t["error_code"] == 0
         for p in t["partitions"]
     ]
-
-
-def read_committed_sync(
-    bootstrap: str, topics: Sequence[str], *, timeout_s: float = 60.0
-) -> list[ConsumedRecord]:
-    return asyncio.run(read_committed(bootstrap, topics, timeout_s=timeout_s))
