@@ -59,13 +59,21 @@ class Update:
 
 
 @dataclass(frozen=True, slots=True)
+class CaughtUp:
+    """The replay is complete: what follows is live. ``cursor`` is where the client is now
+    (for a "from now" subscription, the position it starts from)."""
+
+    cursor: Cursor
+
+
+@dataclass(frozen=True, slots=True)
 class Reset:
     """The history of the subscription is gone: the client must re-snapshot. Always the last."""
 
     reason: str
 
 
-Item = Update | Reset
+Item = Update | CaughtUp | Reset
 
 
 class SubscriptionClosed(Exception):
@@ -124,6 +132,15 @@ class Subscription:
             self._ready.clear()
             await self._ready.wait()
 
+    def take_ready(self, limit: int) -> list[Item]:
+        """Up to ``limit`` items already queued, without waiting (to batch them in one frame)."""
+        taken: list[Item] = []
+        while self._queue and len(taken) < limit:
+            taken.append(self._queue.popleft())
+        if taken:
+            self._room.set()
+        return taken
+
     async def _wait_for_room(self) -> int:
         """Free slots in the queue, waiting until there is at least one."""
         while len(self._queue) >= self._max and self.state.delivers:
@@ -156,11 +173,17 @@ class Subscription:
     def _go_live(self) -> None:
         """The replay is complete: deliver the buffered live records above the cursor."""
         pending, self._pending = self._pending, []
-        self.state.handle(SubscriptionEvent.REPLAY_DONE)
+        self._caught_up()
         for record in pending:
             if self.phase is not SubscriptionPhase.LIVE:
                 break
             self._deliver(record)
+
+    def _caught_up(self) -> None:
+        """Go live and tell the client where it is (this item may exceed the bound by one)."""
+        self.state.handle(SubscriptionEvent.REPLAY_DONE)
+        self._queue.append(CaughtUp(self.cursor))
+        self._ready.set()
 
     def _reset(self, reason: str) -> None:
         """Queue a final :class:`Reset` (it may exceed the bound by one) and end."""
@@ -222,7 +245,7 @@ class Fanout:
         if cursor is None and self._now is not None:
             start = Cursor(self.epoch, _by_topic(self._now()))
             sub = Subscription(channel, start, self._max, self._detach)
-            sub.state.handle(SubscriptionEvent.REPLAY_DONE)
+            sub._caught_up()
         else:
             sub = Subscription(channel, cursor or Cursor(self.epoch), self._max, self._detach)
             sub.task = asyncio.create_task(self._replay(sub, from_now=cursor is None))

@@ -15,6 +15,7 @@ from gateway.flows.downstream_ports import LogPage, LogRecord, PartitionKey
 from gateway.flows.fanout import (
     KAFKA_REPLAY_MISSING,
     SLOW_CONSUMER,
+    CaughtUp,
     Fanout,
     Reset,
     Subscription,
@@ -41,6 +42,13 @@ def drain(sub: Subscription) -> list[Update | Reset]:
     return items
 
 
+async def next_data(sub: Subscription) -> Update | Reset:
+    """The next item that is not a :class:`CaughtUp` marker."""
+    while not isinstance(item := await sub.next_item(), Update | Reset):
+        pass
+    return item
+
+
 def offsets(items: Sequence[Update | Reset]) -> list[tuple[int, int]]:
     return [(i.record.partition, i.record.offset) for i in items if isinstance(i, Update)]
 
@@ -57,6 +65,8 @@ async def test_from_now_gets_only_new_records_of_its_channel() -> None:
     sub = fanout.subscribe(S1, None)
     await settle()
     await publish(dlog, fanout, [rec(INV, 0, 2, S1), rec(INV, 0, 3, S2), rec(INV, 1, 0, S1)])
+    caught_up = await sub.next_item()
+    assert caught_up == CaughtUp(Cursor(EPOCH, {INV: {0: 2}}))
     first = await sub.next_item()
     assert isinstance(first, Update)
     assert first.cursor_after.position(INV, 0) == 3
@@ -77,8 +87,9 @@ async def test_cursor_replays_after_it_then_goes_live() -> None:
     fanout = Fanout(dlog, EPOCH, page_size=2)
     await publish(dlog, fanout, [rec(INV, 0, o, S1) for o in range(6)])
     sub = fanout.subscribe(S1, Cursor(EPOCH, {INV: {0: 3}}))
-    got = [await sub.next_item() for _ in range(3)]
+    got = [await sub.next_item() for _ in range(4)]
     assert offsets(got) == [(0, 3), (0, 4), (0, 5)]
+    assert got[3] == CaughtUp(Cursor(EPOCH, {INV: {0: 6}}))
     await settle()
     await publish(dlog, fanout, [rec(INV, 0, 6, S1)])
     last = await sub.next_item()
@@ -191,7 +202,7 @@ async def test_reset_propagates_and_ends_the_subscription() -> None:
     await settle()
     await publish(dlog, fanout, [rec(INV, 0, 1, S1)])
     fanout.on_reset((INV, 0), KafkaOffset(9), "records were deleted")
-    assert offsets([await sub.next_item()]) == [(0, 1)]
+    assert offsets([await next_data(sub)]) == [(0, 1)]
     last = await sub.next_item()
     assert isinstance(last, Reset)
     assert "records were deleted" in last.reason
