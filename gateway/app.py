@@ -11,20 +11,29 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from gateway.adapters.http_changes import ChangesEndpoint, ChangesSettings
 from gateway.adapters.http_ingest import IngestEndpoint
 from gateway.adapters.http_ops import healthz, metrics_endpoint, openapi, readyz_endpoint
+from gateway.adapters.kafka_consumer import AiokafkaSource, ConsumerSettings
 from gateway.adapters.kafka_producer import AiokafkaPublisher, KafkaSettings
+from gateway.adapters.sqlite_downstream import SqliteDownstreamLog
 from gateway.adapters.sqlite_store import SqliteEventStore
+from gateway.adapters.ws_stream import StreamEndpoint, StreamSettings
 from gateway.config import GatewayConfig
-from gateway.core.ids import InstanceId
+from gateway.core.channels import ChannelMapper
+from gateway.core.cursor import MIN_KEY_BYTES, CursorCodec
+from gateway.core.ids import Epoch, InstanceId
 from gateway.core.ingest import IngestLimits
 from gateway.core.routing import TopicRouter
 from gateway.core.schemas import SchemaRegistry
-from gateway.errors import StoreError
+from gateway.errors import ConfigError, StoreError
+from gateway.flows.downstream import DownstreamConsumer, DownstreamSettings
+from gateway.flows.fanout import Fanout
 from gateway.flows.forwarder import Forwarder, ForwarderSettings
 from gateway.flows.ingest import IngestFlow
+from gateway.flows.sessions import LinkState
 from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -39,6 +48,28 @@ def _crash_hook(point: str | None) -> Callable[[str], None]:
             os._exit(CRASH_EXIT_CODE)
 
     return hook
+
+
+def cursor_key(config: GatewayConfig) -> bytes:
+    """The configured cursor key, else the one kept in the data directory (made once)."""
+    if config.cursor_key is not None:
+        key = config.cursor_key.get_secret_value().encode()
+        if len(key) < MIN_KEY_BYTES:
+            raise ConfigError(f"cursor_key must be at least {MIN_KEY_BYTES} bytes")
+        return key
+    path = config.cursor_key_path
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(os.urandom(32).hex().encode())
+            file.flush()
+            os.fsync(file.fileno())
+        log.warning(
+            "no cursor_key configured: made %s; give every instance of a fleet the same key",
+            path,
+        )
+    return path.read_bytes().strip()
 
 
 class Gateway:
@@ -95,8 +126,45 @@ class Gateway:
             ),
             self.metrics,
         )
+        self._build_downstream(config)
+
+    def _build_downstream(self, config: GatewayConfig) -> None:
+        self.channels = ChannelMapper.from_config(config.channel_rules)
+        self.downstream_log = SqliteDownstreamLog(config.downstream_path)
+        self.consumer = DownstreamConsumer(
+            self.downstream_log,
+            AiokafkaSource(
+                ConsumerSettings(
+                    bootstrap=config.kafka_bootstrap,
+                    client_id=f"sync-gateway-downstream-{config.instance_id}",
+                    request_timeout_ms=config.kafka_request_timeout_ms,
+                )
+            ),
+            self.channels,
+            DownstreamSettings(
+                topics=tuple(sorted(self.channels.topics)),
+                bootstrap=config.kafka_bootstrap,
+                start_from_latest=config.downstream_start_from_latest,
+                retention_ms=config.downstream_retention_s * 1000,
+                prune_interval_s=config.prune_interval_s,
+            ),
+        )
+        self.fanout = Fanout(
+            self.downstream_log,
+            Epoch("0"),
+            now=lambda: self.consumer.positions,
+            max_queue=config.stream_queue_max,
+        )
+        self.consumer.add_listener(self.fanout)
+        self.codec = CursorCodec(cursor_key(config))
+        self.metrics.downstream_lag.set_function(lambda: self.consumer.lag or 0)
+        self.metrics.downstream_link_up.set_function(
+            lambda: 1 if self.consumer.state is LinkState.UP else 0
+        )
 
     async def start(self) -> None:
+        await self.downstream_log.open()
+        self.consumer.start()
         await self.store.open()
         backlog = await self.store.backlog()
         log.info(
@@ -114,6 +182,9 @@ class Gateway:
             log.warning("shutting down with a backlog; it is forwarded at the next start")
         await self.forwarder.stop()
         await self.store.close()
+        await self.consumer.stop()
+        await self.fanout.close()
+        await self.downstream_log.close()
 
     async def status(self) -> tuple[bool, dict[str, Any]]:
         """Readiness (store usable) and what an operator wants to see."""
@@ -132,16 +203,38 @@ class Gateway:
             "backlog": {"events": backlog.events, "oldest_age_s": age},
             "dlq": {"events": dlq},
             "kafka": kafka,
+            "downstream": {
+                **self.consumer.status(),
+                "subscriptions": self.fanout.subscriptions,
+            },
         }
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[BaseRoute]:
         ingest = IngestEndpoint(
             self.ingest,
             max_body_bytes=self.config.max_body_bytes,
             retry_after_s=self.config.store_retry_after_s,
         )
+        stream = StreamEndpoint(
+            self.fanout,
+            self.codec,
+            self.ingest,
+            self.metrics,
+            StreamSettings(
+                max_subscriptions=self.config.stream_max_subscriptions,
+                idle_timeout_s=self.config.stream_idle_timeout_s,
+            ),
+        )
+        changes = ChangesEndpoint(
+            self.fanout,
+            self.codec,
+            self.metrics,
+            ChangesSettings(max_wait_s=self.config.changes_max_wait_s),
+        )
         return [
             Route("/v1/events", ingest.handle, methods=["POST"]),
+            WebSocketRoute("/v1/stream", stream.handle),
+            Route("/v1/changes", changes.handle, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz_endpoint(self.status), methods=["GET"]),
             Route("/metrics", metrics_endpoint(self.metrics), methods=["GET"]),

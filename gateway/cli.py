@@ -41,6 +41,10 @@ def _serve(args: Sequence[str]) -> int:
             port=config.port,
             loop="uvloop",
             http="httptools",
+            ws="websockets-sansio",
+            ws_ping_interval=config.ws_ping_interval_s,
+            ws_ping_timeout=config.ws_ping_timeout_s,
+            ws_max_size=config.ws_max_frame_bytes,
             log_level=config.log_level.lower(),
             timeout_graceful_shutdown=10,
         )

@@ -9,9 +9,10 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.core.channels import DEFAULT_CHANNEL_RULES_SPEC
 from gateway.core.routing import DEFAULT_ROUTES
 from gateway.core.schemas import default_schema_root
 
@@ -109,6 +110,39 @@ class GatewayConfig(BaseSettings):
     shutdown_drain_s: float = Field(
         5.0, ge=0, description="On shutdown, time given to forward the backlog."
     )
+    # -- downstream: Kafka -> downstream log -> streams --
+    channel_rules: str = Field(
+        DEFAULT_CHANNEL_RULES_SPEC,
+        description="topic=channel-template rules, comma-separated; their topics are consumed.",
+    )
+    cursor_key: SecretStr | None = Field(
+        None,
+        description="Key that signs stream cursors (at least 16 bytes); give every instance of "
+        "a fleet the same one. Unset: a random key kept in <data_dir>/cursor.key.",
+    )
+    downstream_retention_s: int = Field(
+        DEFAULT_RETENTION_S, gt=0, description="Updates older than this leave the local log."
+    )
+    downstream_start_from_latest: bool = Field(
+        False, description="A partition the log has never seen starts at its end (not earliest)."
+    )
+    snapshot_families: list[str] = Field(
+        default_factory=lambda: ["inventory"],
+        description="Channel families with a compacted snapshot (GET /v1/snapshot).",
+    )
+    stream_queue_max: int = Field(
+        1000, gt=0, description="Bound of each subscription's send queue (slow consumer above)."
+    )
+    stream_max_subscriptions: int = Field(64, gt=0, description="Subscriptions per connection.")
+    stream_idle_timeout_s: float = Field(
+        60.0, gt=0, description="Close a connection with no subscription and no frame this long."
+    )
+    ws_ping_interval_s: float = Field(20.0, gt=0, description="Websocket keepalive ping interval.")
+    ws_ping_timeout_s: float = Field(20.0, gt=0, description="Close when a ping gets no pong.")
+    ws_max_frame_bytes: int = Field(
+        MIB, gt=0, description="Largest websocket frame accepted from a client (1009 above)."
+    )
+    changes_max_wait_s: float = Field(30.0, gt=0, description="Longest long-poll of /v1/changes.")
     crash_point: str | None = Field(
         None, description="Testing only: exit abruptly at this named point of the forwarder."
     )
@@ -116,3 +150,11 @@ class GatewayConfig(BaseSettings):
     @property
     def store_path(self) -> Path:
         return self.data_dir / "gateway.sqlite3"
+
+    @property
+    def downstream_path(self) -> Path:
+        return self.data_dir / "downstream.sqlite3"
+
+    @property
+    def cursor_key_path(self) -> Path:
+        return self.data_dir / "cursor.key"

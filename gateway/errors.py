@@ -16,6 +16,7 @@
     │   └── RecordsRefused          some records can never be written (too large, invalid)
     ├── StreamError               a stream subscription or cursor cannot go on as asked
     │   ├── InvalidCursor           not retriable: garbage, forged or out-of-bounds cursor token
+    │   ├── FrameError              a client frame refused (malformed, unknown type, bad field)
     │   └── IllegalTransition       a bug: a subscription's state machine refuses an event
     ├── SchemaRegistryError       a schema file or directory is malformed (at start-up)
     └── ConfigError               the configuration cannot work
@@ -119,6 +120,22 @@ class InvalidCursor(StreamError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class FrameError(StreamError):
+    """A client frame of the stream protocol that is refused; the connection goes on.
+
+    ``error_code`` is the machine-readable code of the ``error`` frame; ``sub`` / ``req``
+    name the subscription or request it concerns when the frame said so.
+    """
+
+    def __init__(
+        self, error_code: str, message: str, *, sub: str | None = None, req: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+        self.sub = sub
+        self.req = req
 
 
 class IllegalTransition(StreamError):

@@ -88,3 +88,51 @@ class GatewayMetrics:
             "Ingest requests answered 503 because the store could not commit (quota, I/O).",
             registry=r,
         )
+        # -- downstream: consumer and stream --
+        self.stream_connections = Gauge(
+            "sync_gateway_stream_connections",
+            "Open websocket connections of WS /v1/stream.",
+            registry=r,
+        )
+        self.stream_subscriptions = Gauge(
+            "sync_gateway_stream_subscriptions",
+            "Open stream subscriptions (websocket and long-poll).",
+            registry=r,
+        )
+        self.stream_updates = Counter(
+            "sync_gateway_stream_updates_delivered",
+            "Updates handed to the transport (websocket frames and long-poll answers).",
+            registry=r,
+        )
+        self.stream_replays = Counter(
+            "sync_gateway_stream_replays",
+            "Subscriptions that resumed from a cursor (a replay).",
+            registry=r,
+        )
+        self.stream_resets = Counter(
+            "sync_gateway_stream_resets",
+            "Reset frames sent (the client must re-snapshot), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.stream_slow_closes = Counter(
+            "sync_gateway_stream_slow_consumer_closes",
+            "Connections closed because the client did not keep up.",
+            registry=r,
+        )
+        self.stream_frame_errors = Counter(
+            "sync_gateway_stream_frame_errors",
+            "Client frames refused with an error frame, by error code.",
+            ["code"],
+            registry=r,
+        )
+        self.downstream_lag = Gauge(
+            "sync_gateway_downstream_consumer_lag",
+            "Committed records in the update topics not yet in the downstream log.",
+            registry=r,
+        )
+        self.downstream_link_up = Gauge(
+            "sync_gateway_downstream_kafka_link_up",
+            "1 when the downstream consumer is connected to Kafka, else 0.",
+            registry=r,
+        )

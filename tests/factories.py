@@ -34,6 +34,20 @@ def order_placed(key: str = "order-1", **overrides: Any) -> dict[str, Any]:
     return envelope
 
 
+def inventory_updated(store: str = "s-1", sku: str = "SKU-1", quantity: int = 1) -> dict[str, Any]:
+    """A valid ``Inventory.Updated`` v1 envelope (channel ``inventory:<store>``)."""
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "Inventory.Updated",
+        "event_version": 1,
+        "event_time": "2026-11-21T10:00:00Z",
+        "source": "scanner-1",
+        "correlation_id": "corr-1",
+        "key": f"{store}:{sku}",
+        "payload": {"storeId": store, "sku": sku, "quantity": quantity, "reason": "restock"},
+    }
+
+
 def storable(event_id: str | None = None, key: str = "k") -> StorableEvent:
     return StorableEvent(
         event_id=EventId(event_id or str(uuid.uuid4())),

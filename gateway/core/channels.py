@@ -200,8 +200,11 @@ def parse_channel_rules(spec: str | Iterable[str]) -> tuple[ChannelRule, ...]:
     return tuple(rules)
 
 
-DEFAULT_CHANNEL_RULES: Final[tuple[ChannelRule, ...]] = parse_channel_rules(
+DEFAULT_CHANNEL_RULES_SPEC: Final = (
     "inventory.events=inventory:{payload.storeId}, order.events=orders:{payload.userId}"
+)
+DEFAULT_CHANNEL_RULES: Final[tuple[ChannelRule, ...]] = parse_channel_rules(
+    DEFAULT_CHANNEL_RULES_SPEC
 )
 """Inventory updates per store, order updates per user (both carry these payload fields)."""
 

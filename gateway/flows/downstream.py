@@ -96,6 +96,8 @@ class DownstreamSettings:
     """While idle, how often the link is checked (an outage makes fetches empty, not fail)."""
     metadata_interval_s: float = 30.0
     """How often new partitions or topics are looked for (a change starts a new session)."""
+    missing_topic_interval_s: float = 1.0
+    """The same while some of the topics do not exist yet (e.g. before the first publish)."""
     start_from_latest: bool = False
     """Where a partition the log has never seen starts: its end, else its earliest record."""
     retention_ms: int = 7 * 24 * 3600 * 1000
@@ -196,6 +198,10 @@ class DownstreamConsumer(SessionLoop):
     async def _consume(self, partitions: set[PartitionKey]) -> None:
         """Fetch and append until the link fails or the partitions change."""
         last_contact = last_metadata = time.monotonic()
+        complete = {topic for topic, _ in partitions} >= set(self._s.topics)
+        metadata_interval = (
+            self._s.metadata_interval_s if complete else self._s.missing_topic_interval_s
+        )
         while True:
             fetched = await self._source.fetch(self._s.batch_max, self._s.fetch_timeout_s)
             self.lag = fetched.lag
@@ -206,7 +212,7 @@ class DownstreamConsumer(SessionLoop):
             elif now - last_contact >= self._s.ping_interval_s:
                 await self._source.ping()  # so that an idle link's state is true too
                 last_contact = now
-            if now - last_metadata >= self._s.metadata_interval_s:
+            if now - last_metadata >= metadata_interval:
                 last_metadata = now
                 if await self._source.partitions(self._s.topics) != partitions:
                     log.info("partitions of %s changed: new session", ", ".join(self._s.topics))

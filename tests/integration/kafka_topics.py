@@ -17,6 +17,11 @@ class TestTopics:
         self.prefix = f"t{uuid.uuid4().hex[:8]}"
         self.routes = {aggregate: f"{self.prefix}.{t}" for aggregate, t in DEFAULT_ROUTES.items()}
         self.orders = self.routes["Order"]
+        self.inventory = self.routes["Inventory"]
+        self.channel_rules = (
+            f"{self.inventory}=inventory:{{payload.storeId}},"
+            f"{self.orders}=orders:{{payload.userId}}"
+        )
         self.dead_letters = f"{self.prefix}.dead-letters"
 
     def settings(self, bootstrap: str) -> dict[str, str]:
@@ -27,6 +32,8 @@ class TestTopics:
             "topic_routes": json.dumps(self.routes),
             "dead_letter_topic": self.dead_letters,
             "position_topic": f"{self.prefix}.positions",
+            "channel_rules": self.channel_rules,
+            "cursor_key": "test-cursor-key-0123456789",
         }
 
 

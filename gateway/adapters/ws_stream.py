@@ -1,0 +1,313 @@
+"""Websocket adapter of the downstream path: ``WS /v1/stream``.
+
+It only moves frames: :mod:`gateway.core.stream_protocol` parses what the client sends and
+builds what goes back, :class:`~gateway.flows.fanout.Fanout` decides what each subscription
+receives. Per connection there is one reader (client frames, in order) and one *pump* task per
+subscription, which waits for the subscription's next item, takes whatever else is already
+queued (up to ``frame_max_updates``) and writes it as one ``events`` frame.
+
+Backpressure: the transport's send awaits while the socket buffer is full, so a client that
+does not read stalls its pumps; its subscriptions' bounded queues then fill and the fan-out
+marks them slow; the connection is closed with :attr:`CloseCode.SLOW_CONSUMER`. Memory per
+connection is bounded by the queues and the transport buffer; other clients never wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from gateway.core.channels import valid_channel
+from gateway.core.cursor import Cursor, CursorCodec
+from gateway.core.replay import ResetReason
+from gateway.core.stream_protocol import (
+    CloseCode,
+    Encoding,
+    ErrorCode,
+    FrameWriter,
+    Ping,
+    Publish,
+    Subscribe,
+    Unsubscribe,
+    UpdateView,
+    choose_subprotocol,
+    parse_frame,
+)
+from gateway.errors import FrameError, GatewayError, InvalidCursor, RequestError
+from gateway.flows.fanout import (
+    KAFKA_REPLAY_MISSING,
+    CaughtUp,
+    Fanout,
+    Reset,
+    Subscription,
+    SubscriptionClosed,
+    Update,
+)
+from gateway.flows.ingest import IngestFlow
+from gateway.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    max_subscriptions: int = 64
+    """Subscriptions one connection may hold."""
+    idle_timeout_s: float = 60.0
+    """A connection with no subscription and no frame for this long is closed."""
+    frame_max_updates: int = 64
+    """Most updates in one ``events`` frame."""
+    error_budget: int = 20
+    """Refused frames a connection may send before it is closed (policy violation)."""
+    close_timeout_s: float = 5.0
+    """How long a close may wait for a client that does not read."""
+
+
+def update_view(update: Update, codec: CursorCodec) -> UpdateView:
+    """What the frame writer needs of an update, with its cursor as a token."""
+    r = update.record
+    return UpdateView(
+        r.topic,
+        r.partition,
+        r.offset,
+        r.key,
+        r.timestamp_ms,
+        r.value,
+        codec.encode(update.cursor_after),
+    )
+
+
+def decode_cursor(
+    codec: CursorCodec, token: str | None, *, sub: str | None = None
+) -> Cursor | None:
+    """The cursor of a client's token (``None`` for none), or a FrameError that says why."""
+    if token is None:
+        return None
+    try:
+        return codec.decode(token)
+    except InvalidCursor as exc:
+        raise FrameError(ErrorCode.INVALID_CURSOR, f"{exc.reason}: {exc}", sub=sub) from None
+
+
+def check_channel(channel: str, *, sub: str | None = None) -> None:
+    if not valid_channel(channel):
+        raise FrameError(ErrorCode.INVALID_CHANNEL, f"invalid channel {channel!r:.80}", sub=sub)
+
+
+_RESET_CODES = frozenset({*(r.value for r in ResetReason), KAFKA_REPLAY_MISSING})
+
+
+def reset_label(reason: str) -> str:
+    """A bounded metrics label for a reset reason."""
+    return reason if reason in _RESET_CODES else "partition_reset"
+
+
+class _Gone(Exception):
+    """The client is gone: sending failed."""
+
+
+class StreamEndpoint:
+    """The ``WS /v1/stream`` endpoint: one instance serves every connection."""
+
+    def __init__(
+        self,
+        fanout: Fanout,
+        codec: CursorCodec,
+        ingest: IngestFlow,
+        metrics: GatewayMetrics,
+        settings: StreamSettings | None = None,
+    ) -> None:
+        self.fanout = fanout
+        self.codec = codec
+        self.ingest = ingest
+        self.metrics = metrics
+        self.settings = settings or StreamSettings()
+        self.writers = {encoding: FrameWriter(encoding) for encoding in Encoding}
+
+    async def handle(self, websocket: WebSocket) -> None:
+        name, encoding = choose_subprotocol(websocket.scope.get("subprotocols", []))
+        await websocket.accept(subprotocol=name)
+        self.metrics.stream_connections.inc()
+        try:
+            await _Connection(self, websocket, self.writers[encoding]).run()
+        finally:
+            self.metrics.stream_connections.dec()
+
+
+class _Connection:
+    def __init__(self, endpoint: StreamEndpoint, websocket: WebSocket, writer: FrameWriter):
+        self._e = endpoint
+        self._ws = websocket
+        self._writer = writer
+        self._subs: dict[str, Subscription] = {}
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+        self._errors = 0
+        self._close: tuple[CloseCode, str] | None = None
+        self._finished = asyncio.Event()
+
+    async def run(self) -> None:
+        reader = asyncio.create_task(self._read_loop())
+        finished = asyncio.create_task(self._finished.wait())
+        try:
+            await asyncio.wait({reader, finished}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            finished.cancel()
+            for sub in list(self._subs.values()):
+                self._e.fanout.unsubscribe(sub)
+            pumps = list(self._pumps.values())
+            for pump in pumps:
+                pump.cancel()
+            for task in (reader, *pumps):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._close is not None:
+            code, reason = self._close
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._e.settings.close_timeout_s):
+                    await self._ws.close(int(code), reason)
+
+    def _finish(self, code: CloseCode, reason: str) -> None:
+        if self._close is None:
+            self._close = (code, reason)
+        self._finished.set()
+
+    async def _send(self, frame: str | bytes) -> None:
+        try:
+            if isinstance(frame, str):
+                await self._ws.send({"type": "websocket.send", "text": frame})
+            else:
+                await self._ws.send({"type": "websocket.send", "bytes": frame})
+        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+            self._finished.set()
+            raise _Gone from exc
+
+    async def _read_loop(self) -> None:
+        settings = self._e.settings
+        while True:
+            try:
+                async with asyncio.timeout(settings.idle_timeout_s):
+                    message = await self._ws.receive()
+            except TimeoutError:
+                if self._subs:
+                    continue
+                self._finish(CloseCode.IDLE_TIMEOUT, "idle timeout")
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            if data is None:
+                data = message.get("bytes")
+            if data is None:
+                continue
+            try:
+                await self._on_frame(data)
+            except _Gone:
+                return
+
+    async def _on_frame(self, data: str | bytes) -> None:
+        try:
+            command = parse_frame(data, self._writer.encoding)
+            if isinstance(command, Subscribe):
+                await self._subscribe(command)
+            elif isinstance(command, Unsubscribe):
+                sub = self._subs.get(command.sub)
+                if sub is None:
+                    raise FrameError(
+                        ErrorCode.UNKNOWN_SUBSCRIPTION, "no such subscription", sub=command.sub
+                    )
+                self._e.fanout.unsubscribe(sub)  # its pump says "unsubscribed", in order
+            elif isinstance(command, Publish):
+                await self._publish(command)
+            elif isinstance(command, Ping):
+                await self._send(self._writer.pong())
+        except FrameError as exc:
+            self._errors += 1
+            self._e.metrics.stream_frame_errors.labels(exc.error_code).inc()
+            await self._send(self._writer.error(exc))
+            if self._errors > self._e.settings.error_budget:
+                self._finish(CloseCode.POLICY_VIOLATION, "too many refused frames")
+
+    async def _subscribe(self, command: Subscribe) -> None:
+        if command.sub in self._subs:
+            raise FrameError(
+                ErrorCode.DUPLICATE_SUBSCRIPTION, "subscription id in use", sub=command.sub
+            )
+        if len(self._subs) >= self._e.settings.max_subscriptions:
+            raise FrameError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self._e.settings.max_subscriptions} subscriptions per connection",
+                sub=command.sub,
+            )
+        check_channel(command.channel, sub=command.sub)
+        cursor = decode_cursor(self._e.codec, command.cursor, sub=command.sub)
+        sub = self._e.fanout.subscribe(command.channel, cursor)
+        if cursor is not None:
+            self._e.metrics.stream_replays.inc()
+        self._subs[command.sub] = sub
+        self._e.metrics.stream_subscriptions.inc()
+        await self._send(self._writer.subscribed(command.sub, command.channel))
+        self._pumps[command.sub] = asyncio.create_task(self._pump(command.sub, sub))
+
+    async def _publish(self, command: Publish) -> None:
+        try:
+            results = await self._e.ingest.ingest({"events": command.events})
+        except RequestError as exc:
+            raise FrameError(ErrorCode.PUBLISH_REFUSED, str(exc), req=command.req) from None
+        except GatewayError as exc:
+            raise FrameError(ErrorCode.UNAVAILABLE, str(exc), req=command.req) from None
+        await self._send(self._writer.ack(command.req, [r.to_dict() for r in results]))
+
+    async def _pump(self, sub_id: str, sub: Subscription) -> None:
+        reset_sent = False
+        try:
+            while True:
+                first = await sub.next_item()
+                items = [first, *sub.take_ready(self._e.settings.frame_max_updates - 1)]
+                reset_sent = await self._write_items(sub_id, sub, items) or reset_sent
+        except SubscriptionClosed as closed:
+            if sub.slow:
+                self._e.metrics.stream_slow_closes.inc()
+                self._finish(CloseCode.SLOW_CONSUMER, f"slow consumer ({sub_id})")
+            elif not reset_sent:
+                await self._send(self._writer.unsubscribed(sub_id, closed.reason))
+        except _Gone:
+            pass
+        finally:
+            if self._subs.get(sub_id) is sub:
+                del self._subs[sub_id]
+                self._e.metrics.stream_subscriptions.dec()
+            if self._pumps.get(sub_id) is asyncio.current_task():
+                del self._pumps[sub_id]
+
+    async def _write_items(
+        self, sub_id: str, sub: Subscription, items: Sequence[Update | CaughtUp | Reset]
+    ) -> bool:
+        """Write queued items as frames (runs of updates as one ``events`` frame); return
+        whether a reset was among them."""
+        writer, codec = self._writer, self._e.codec
+        batch: list[UpdateView] = []
+        reset = False
+        for item in items:
+            if isinstance(item, Update):
+                batch.append(update_view(item, codec))
+                continue
+            if batch:
+                await self._send(writer.events(sub_id, batch))
+                self._e.metrics.stream_updates.inc(len(batch))
+                batch = []
+            if isinstance(item, CaughtUp):
+                await self._send(writer.live(sub_id, codec.encode(item.cursor)))
+            else:
+                reset = True
+                self._e.metrics.stream_resets.labels(reset_label(item.reason)).inc()
+                await self._send(writer.reset(sub_id, sub.channel, item.reason))
+        if batch:
+            await self._send(writer.events(sub_id, batch))
+            self._e.metrics.stream_updates.inc(len(batch))
+        return reset

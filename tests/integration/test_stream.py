@@ -1,0 +1,189 @@
+"""WS /v1/stream and GET /v1/changes against a real gateway process and a real broker:
+updates published through the gateway come back over Kafka to subscribers, resumable by
+cursor, in both encodings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from gateway.testing.gateway_process import GatewayProcess
+from gateway.testing.kafka_broker import KafkaBroker
+from tests.factories import inventory_updated
+from tests.integration.gateway_client import post_events
+from tests.integration.kafka_topics import TestTopics
+from tests.integration.stream_client import stream
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def topics() -> TestTopics:
+    return TestTopics()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    kafka_broker: KafkaBroker, tmp_path_factory: pytest.TempPathFactory, topics: TestTopics
+) -> Iterator[GatewayProcess]:
+    settings = topics.settings(kafka_broker.bootstrap) | {"stream_queue_max": "200"}
+    with GatewayProcess(tmp_path_factory.mktemp("gw"), settings=settings) as gw:
+        yield gw
+
+
+def quantities(updates: list[dict[str, Any]]) -> list[int]:
+    return [u["data"]["payload"]["quantity"] for u in updates]
+
+
+async def publish(gw: GatewayProcess, store: str, quantities: range) -> None:
+    async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
+        events = [inventory_updated(store, "SKU-1", q) for q in quantities]
+        answer = await post_events(http, events)
+        assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+async def test_live_then_resume_after_disconnect_exactly_once(
+    gateway: GatewayProcess, encoding: str
+) -> None:
+    store = f"s-{encoding}"
+    channel = f"inventory:{store}"
+    async with stream(gateway.url, encoding) as client:
+        await client.subscribe("a", channel)
+        assert (await client.expect("subscribed"))["channel"] == channel
+        await client.expect("live")
+        await publish(gateway, store, range(0, 10))
+        got, others = await client.updates("a", 10)
+        assert quantities(got) == list(range(10))
+        assert others == []
+        assert all(u["data"]["event_type"] == "Inventory.Updated" for u in got)
+        cursor = client.cursors["a"]
+    await publish(gateway, store, range(10, 25))  # while the client is away
+    async with stream(gateway.url, encoding) as client:
+        await client.subscribe("b", channel, cursor)
+        await client.expect("subscribed")
+        got, others = await client.updates("b", 15)
+        await publish(gateway, store, range(25, 30))
+        live, more = await client.updates("b", 5)
+    assert quantities(got + live) == list(range(10, 30))
+    assert [f["type"] for f in others + more] == ["live"]
+
+
+async def test_other_channels_are_not_delivered(gateway: GatewayProcess) -> None:
+    async with stream(gateway.url) as client:
+        await client.subscribe("mine", "inventory:s-mine")
+        await client.expect("subscribed")
+        await client.expect("live")
+        await publish(gateway, "s-other", range(0, 5))
+        await publish(gateway, "s-mine", range(100, 101))
+        got, others = await client.updates("mine", 1)
+    assert quantities(got) == [100]
+    assert others == []
+
+
+BAD_FRAMES: list[tuple[str | bytes, str]] = [
+    ("not json", "malformed_frame"),
+    (b"\x93\x01\x02", "malformed_frame"),
+    ("[1, 2]", "malformed_frame"),
+    ('{"type": "launch"}', "unknown_type"),
+    ('{"no": "type"}', "unknown_type"),
+    ('{"type": "subscribe", "sub": "bad id!", "channel": "inventory:s-1"}', "invalid_field"),
+    ('{"type": "subscribe", "sub": "x", "channel": "../etc"}', "invalid_channel"),
+    (
+        '{"type": "subscribe", "sub": "x", "channel": "inventory:s-1", "cursor": "garbage"}',
+        "invalid_cursor",
+    ),
+    (
+        '{"type": "subscribe", "sub": "x", "channel": "inventory:s-1", "cursor": 5}',
+        "invalid_cursor",
+    ),
+    ('{"type": "unsubscribe", "sub": "nope"}', "unknown_subscription"),
+    ('{"type": "publish", "req": "r1", "events": "x"}', "invalid_field"),
+    ('{"type": "publish", "req": "r1", "events": [{"event_id": 1}]}', ""),  # per-event reject
+]
+
+
+async def test_bad_frames_get_error_frames_and_the_connection_goes_on(
+    gateway: GatewayProcess,
+) -> None:
+    async with stream(gateway.url) as client:
+        for frame, code in BAD_FRAMES:
+            await client.ws.send(frame)
+            answer = await client.recv()
+            if code:
+                assert (answer["type"], answer["code"]) == ("error", code), frame
+            else:
+                assert answer["type"] == "ack", answer
+                assert answer["results"][0]["status"] == "rejected"
+        await client.subscribe("ok", "inventory:s-ok")
+        assert (await client.expect("subscribed"))["sub"] == "ok"
+        await client.expect("live")
+        await client.subscribe("ok", "inventory:s-ok")
+        assert (await client.expect("error"))["code"] == "duplicate_subscription"
+        await client.send({"type": "ping"})
+        await client.expect("pong")
+
+
+async def test_forged_cursor_is_refused(gateway: GatewayProcess) -> None:
+    async with stream(gateway.url) as client:
+        await client.subscribe("a", "inventory:s-forge")
+        await client.expect("subscribed")
+        token = (await client.expect("live"))["cursor"]
+        forged = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+        await client.subscribe("b", "inventory:s-forge", forged)
+        answer = await client.expect("error")
+    assert (answer["code"], answer["sub"]) == ("invalid_cursor", "b")
+    assert "bad_signature" in answer["message"]
+
+
+async def test_oversize_frame_closes_with_1009(gateway: GatewayProcess) -> None:
+    async with stream(gateway.url, max_size=None) as client:
+        await client.ws.send("x" * (1024 * 1024 + 10))
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.recv()
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1009
+
+
+async def test_publish_over_the_websocket_is_acked_per_event(gateway: GatewayProcess) -> None:
+    event = inventory_updated("s-ws", "SKU-9", 7)
+    async with stream(gateway.url, "msgpack") as client:
+        await client.send({"type": "publish", "req": "r1", "events": [event, event]})
+        ack = await client.expect("ack")
+    assert ack["req"] == "r1"
+    assert [r["status"] for r in ack["results"]] == ["accepted", "duplicate"]
+
+
+async def test_long_poll_changes_resumes_by_cursor(gateway: GatewayProcess) -> None:
+    channel = "inventory:s-poll"
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        first = (await http.get("/v1/changes", params={"channel": channel, "wait": 0})).json()
+        assert (first["live"], first["events"]) == (True, [])
+        assert first["cursor"]
+        await publish(gateway, "s-poll", range(0, 7))
+        got: list[dict[str, Any]] = []
+        cursor = first["cursor"]
+        for _ in range(20):
+            if len(got) >= 7:
+                break
+            answer = (
+                await http.get(
+                    "/v1/changes", params={"channel": channel, "cursor": cursor, "wait": 5}
+                )
+            ).json()
+            got += answer["events"]
+            cursor = answer["cursor"]
+        assert quantities(got) == list(range(7))
+        again = await http.get(
+            "/v1/changes", params={"channel": channel, "cursor": cursor, "wait": 0.2}
+        )
+        assert again.json()["events"] == []
+        bad = await http.get("/v1/changes", params={"channel": channel, "cursor": "zz"})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["code"] == "invalid_cursor"
+        missing = await http.get("/v1/changes")
+        assert missing.status_code == 400
