@@ -4,7 +4,9 @@ cursor, in both encodings."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +18,7 @@ from gateway.testing.kafka_broker import KafkaBroker
 from tests.factories import inventory_updated
 from tests.integration.gateway_client import post_events
 from tests.integration.kafka_topics import TestTopics
-from tests.integration.stream_client import stream
+from tests.integration.stream_client import StreamClient, stream
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +189,83 @@ async def test_long_poll_changes_resumes_by_cursor(gateway: GatewayProcess) -> N
         assert bad.json()["error"]["code"] == "invalid_cursor"
         missing = await http.get("/v1/changes")
         assert missing.status_code == 400
+
+
+async def publish_many(gw: GatewayProcess, store: str, total: int, batch: int = 500) -> None:
+    async with httpx.AsyncClient(base_url=gw.url, timeout=60) as http:
+        for start in range(0, total, batch):
+            events = [
+                inventory_updated(store, "SKU-1", q) | {"correlation_id": "c" * 100}
+                for q in range(start, min(total, start + batch))
+            ]
+            for event in events:
+                event["payload"] |= {"reference": "r" * 128, "deviceId": "d" * 128}
+            answer = await post_events(http, events)
+            assert answer.status_code == 200, answer.text
+
+
+async def read_until_closed(
+    client: StreamClient, max_frames: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Updates received until the server closed the connection, and its close code."""
+    got: list[dict[str, Any]] = []
+    try:
+        for _ in range(max_frames):
+            got += (await client.recv(wait=30)).get("events", [])
+    except ConnectionClosed as closed:
+        return got, closed.rcvd.code if closed.rcvd is not None else None
+    raise AssertionError("the connection was not closed")
+
+
+async def test_slow_client_is_closed_at_its_bound_and_resumes_fast_one_unaffected(
+    gateway: GatewayProcess,
+) -> None:
+    channel, total = "inventory:s-slow", 4000
+    sock = socket.create_connection(("127.0.0.1", gateway.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    async with stream(gateway.url, sock=sock, max_queue=1) as slow, stream(gateway.url) as fast:
+        for client in (slow, fast):
+            await client.subscribe("s", channel)
+            await client.expect("subscribed")
+            await client.expect("live")
+        await publish_many(gateway, "s-slow", total)
+        fast_got, fast_other = await fast.updates("s", total, wait=120)
+        slow_got, code = await read_until_closed(slow, total + 10)
+        cursor = slow.cursors["s"]
+    assert quantities(fast_got) == list(range(total))
+    assert fast_other == []
+    assert code == 4001
+    assert 0 < len(slow_got) < total
+    assert quantities(slow_got) == list(range(len(slow_got)))
+    async with stream(gateway.url) as again:
+        await again.subscribe("s", channel, cursor)
+        rest, _ = await again.updates("s", total - len(slow_got), wait=60)
+    assert quantities(slow_got + rest) == list(range(total))
+
+
+async def test_a_cursor_from_one_instance_resumes_on_another(
+    kafka_broker: KafkaBroker,
+    tmp_path: Path,
+    topics: TestTopics,
+    gateway: GatewayProcess,
+) -> None:
+    channel = "inventory:s-cross"
+    async with stream(gateway.url) as client:
+        await client.subscribe("a", channel, None)
+        await client.expect("subscribed")
+        await client.expect("live")
+        await publish(gateway, "s-cross", range(0, 10))
+        got, _ = await client.updates("a", 10)
+        middle = got[7]["cursor"]  # after quantity 7
+    assert quantities(got) == list(range(10))
+    settings = topics.settings(kafka_broker.bootstrap) | {"instance_id": f"{topics.prefix}-gw2"}
+    with GatewayProcess(tmp_path / "gw2", settings=settings) as other:
+        async with stream(other.url, "msgpack") as client:
+            await client.subscribe("b", channel, middle)
+            await client.expect("subscribed")
+            rest, frames = await client.updates("b", 2, wait=60)
+            await publish(gateway, "s-cross", range(10, 12))  # through the first instance
+            live, _ = await client.updates("b", 2, wait=60)
+    assert quantities(rest) == [8, 9]
+    assert [f["type"] for f in frames] in ([], ["live"])
+    assert quantities(live) == [10, 11]
