@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from gateway.adapters.http_changes import ChangesEndpoint, ChangesSettings
 from gateway.adapters.http_ingest import IngestEndpoint
+from gateway.adapters.http_snapshot import SnapshotEndpoint
 from gateway.adapters.http_ops import healthz, metrics_endpoint, openapi, readyz_endpoint
 from gateway.adapters.kafka_consumer import AiokafkaSource, ConsumerSettings
 from gateway.adapters.kafka_producer import AiokafkaPublisher, KafkaSettings
@@ -130,7 +131,9 @@ class Gateway:
 
     def _build_downstream(self, config: GatewayConfig) -> None:
         self.channels = ChannelMapper.from_config(config.channel_rules)
-        self.downstream_log = SqliteDownstreamLog(config.downstream_path)
+        self.downstream_log = SqliteDownstreamLog(
+            config.downstream_path, snapshot_families=config.snapshot_families
+        )
         self.consumer = DownstreamConsumer(
             self.downstream_log,
             AiokafkaSource(
@@ -231,10 +234,17 @@ class Gateway:
             self.metrics,
             ChangesSettings(max_wait_s=self.config.changes_max_wait_s),
         )
+        snapshot = SnapshotEndpoint(
+            self.downstream_log,
+            self.codec,
+            lambda: self.fanout.epoch,
+            retry_after_s=self.config.store_retry_after_s,
+        )
         return [
             Route("/v1/events", ingest.handle, methods=["POST"]),
             WebSocketRoute("/v1/stream", stream.handle),
             Route("/v1/changes", changes.handle, methods=["GET"]),
+            Route("/v1/snapshot", snapshot.handle, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz_endpoint(self.status), methods=["GET"]),
             Route("/metrics", metrics_endpoint(self.metrics), methods=["GET"]),

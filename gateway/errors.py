@@ -6,7 +6,9 @@
     │   ├── MalformedBody           400: body is not valid JSON / msgpack, or not {"events": [...]}
     │   ├── BodyTooLarge            413: body over max_body_bytes (refused before it is read whole)
     │   ├── BatchTooLarge           413: more events than max_batch_events
-    │   └── UnsupportedMediaType    415: neither application/json nor application/msgpack
+    │   ├── UnsupportedMediaType    415: neither application/json nor application/msgpack
+    │   ├── InvalidParameter        400: a query parameter is missing or malformed
+    │   └── SnapshotUnavailable     404: the channel's family keeps no snapshot
     ├── StoreError
     │   ├── StoreUnavailable        retriable: disk full, I/O error, closing (503 + Retry-After)
     │   └── StoreCorrupt            not retriable: the database fails its integrity check
@@ -60,6 +62,20 @@ class BatchTooLarge(RequestError):
 class UnsupportedMediaType(RequestError):
     status = 415
     code = "unsupported_media_type"
+
+
+class InvalidParameter(RequestError):
+    """A query parameter is missing or malformed."""
+
+    status = 400
+    code = "invalid_parameter"
+
+
+class SnapshotUnavailable(RequestError):
+    """The channel's family keeps no snapshot (it is not a snapshot family of the log)."""
+
+    status = 404
+    code = "snapshot_unavailable"
 
 
 class StoreError(GatewayError):

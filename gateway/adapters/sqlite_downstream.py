@@ -17,6 +17,14 @@ Each new record gets ``seq = max(seq) + 1``, so within a partition ``seq`` grows
 offset: a read finds its lower ``seq`` bound from the cursor's offsets with one index seek per
 partition, then scans only ``record_channels`` rows of the wanted channels above it.
 
+``snapshot`` is the compacted view of the channels of the snapshot families (e.g. every
+``inventory:<storeId>``): per (channel, key), the latest record, upserted (or deleted, for a
+tombstone) by ``append_batch`` in the transaction that stores the records and moves the
+positions, so it always reflects exactly the records below the positions. ``prune`` leaves it
+alone; ``reset_partition`` deletes the rows that came from that partition. It starts empty
+when a family is added to an existing file (or the file predates schema version 2): it then
+reflects only what arrives from then on.
+
 Writes go through one connection under a lock; reads use a second connection, so that a reader
 never sees a transaction in progress and WAL lets it run beside the writer. SQLite errors leave
 as :class:`~gateway.errors.StoreError`.
@@ -38,9 +46,15 @@ import msgpack
 from gateway.adapters.sqlite_store import translate_sqlite_error, write_transaction
 from gateway.core.ids import KafkaOffset
 from gateway.errors import StoreUnavailable
-from gateway.flows.downstream_ports import LogBounds, LogPage, LogRecord, PartitionKey
+from gateway.flows.downstream_ports import (
+    LogBounds,
+    LogPage,
+    LogRecord,
+    PartitionKey,
+    SnapshotPage,
+)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _PRUNE_CHUNK: Final = 20_000
 """Most records of one partition deleted per transaction (the writer is not held long)."""
 
@@ -70,6 +84,18 @@ CREATE TABLE IF NOT EXISTS positions (
     next_offset INTEGER NOT NULL,
     PRIMARY KEY (topic, part)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshot (
+    channel TEXT NOT NULL,
+    key BLOB NOT NULL,
+    topic TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    kafka_offset INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    headers BLOB NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    PRIMARY KEY (channel, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS snapshot_partition ON snapshot (topic, part);
 """
 _COLUMNS: Final = "topic, part, kafka_offset, key, value, headers, timestamp_ms, channels"
 _READ_SQL: Final = """
@@ -91,13 +117,20 @@ LIMIT ?
 """
 _NO_ROWS: Final = "SELECT NULL, NULL, NULL WHERE 0"
 _POSITIONS_SQL: Final = "SELECT topic, part, start_offset, next_offset FROM positions"
+_SNAPSHOT_SQL: Final = """
+SELECT topic, part, kafka_offset, key, value, headers, timestamp_ms, json_array(channel)
+FROM snapshot WHERE channel = ? AND key {after} ? ORDER BY key LIMIT ?
+"""
 
 
 class SqliteDownstreamLog:
     """:class:`~gateway.flows.downstream_ports.DownstreamLog` on one SQLite file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, snapshot_families: Collection[str] = ("inventory",)) -> None:
+        if isinstance(snapshot_families, str):
+            raise TypeError("snapshot_families is a collection of family names, not one string")
         self._path = path
+        self._families = frozenset(snapshot_families)
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
@@ -106,6 +139,10 @@ class SqliteDownstreamLog:
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def snapshot_families(self) -> frozenset[str]:
+        return self._families
 
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,15 +216,31 @@ class SqliteDownstreamLog:
             [(seq,)] = await _fetch(db, "SELECT coalesce(max(seq), 0) FROM records")
             rows: list[tuple[object, ...]] = []
             channel_rows: list[tuple[str, int]] = []
+            latest: dict[tuple[str, bytes], tuple[object, ...] | None] = {}  # None: tombstone
             for record in fresh:
                 seq += 1
-                rows.append((seq, *_record_row(record)))
+                row = _record_row(record)
+                rows.append((seq, *row))
                 channel_rows.extend((channel, seq) for channel in set(record.channels))
+                if record.key is not None:
+                    for channel in snapshot_channels(record, self._families):
+                        latest[(channel, record.key)] = (
+                            (channel, *row[:-1]) if record.value else None
+                        )
             await db.executemany(
                 f"INSERT INTO records (seq, {_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows
             )
             await db.executemany(
                 "INSERT INTO record_channels (channel, seq) VALUES (?, ?)", channel_rows
+            )
+            await db.executemany(
+                "DELETE FROM snapshot WHERE channel = ? AND key = ?",
+                [where for where, row in latest.items() if row is None],
+            )
+            await db.executemany(
+                "INSERT OR REPLACE INTO snapshot (channel, topic, part, kafka_offset, key, value,"
+                " headers, timestamp_ms) VALUES (?,?,?,?,?,?,?,?)",
+                [row for row in latest.values() if row is not None],
             )
             await db.executemany(
                 "INSERT INTO positions (topic, part, start_offset, next_offset)"
@@ -204,6 +257,9 @@ class SqliteDownstreamLog:
     async def reset_partition(self, topic: str, partition: int, offset: KafkaOffset) -> None:
         async with self._transaction("reset partition") as db:
             await _delete_below(db, topic, partition, None)
+            await db.execute(
+                "DELETE FROM snapshot WHERE topic = ? AND part = ?", (topic, partition)
+            )
             await db.execute(
                 "INSERT INTO positions (topic, part, start_offset, next_offset)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (topic, part) DO UPDATE"
@@ -273,20 +329,9 @@ class SqliteDownstreamLog:
             after=after_sql, columns=_COLUMNS, channels=",".join("?" * len(wanted))
         )
         params = [v for (topic, part), offset in after.items() for v in (topic, part, offset)]
-        async with self._read_lock:
-            db = self._require(self._reader)
-            try:
-                await db.execute("BEGIN")  # one snapshot for the records and the positions
-                try:
-                    rows: list[Any] = []
-                    if wanted and limit > 0:
-                        async with db.execute(sql, [*params, *wanted, limit]) as cursor:
-                            rows = list(await cursor.fetchall())
-                    held = _bounds_of(await _fetch(db, _POSITIONS_SQL))
-                finally:
-                    await db.execute("COMMIT")
-            except sqlite3.DatabaseError as exc:
-                raise translate_sqlite_error(exc, "downstream log read failed") from exc
+        query = (sql, [*params, *wanted, limit]) if wanted and limit > 0 else (_NO_ROWS, [])
+        rows, held_rows = await self._read_together(query, (_POSITIONS_SQL, []))
+        held = _bounds_of(held_rows)
         records = [_row_record(row) for row in rows]
         positions = dict(after)
         complete = not wanted or (limit > 0 and len(records) < limit)
@@ -298,7 +343,32 @@ class SqliteDownstreamLog:
                 positions[record.partition_key] = KafkaOffset(record.offset + 1)
         return LogPage(records, positions, complete)
 
+    async def snapshot(
+        self, channel: str, *, after_key: bytes | None = None, limit: int = 1000
+    ) -> SnapshotPage:
+        check_snapshot_request(channel, limit, self._families)
+        sql = _SNAPSHOT_SQL.format(after=">=" if after_key is None else ">")  # b"" is a key
+        rows, held = await self._read_together(
+            (sql, [channel, after_key or b"", limit + 1]), (_POSITIONS_SQL, [])
+        )
+        items = [_row_record(row) for row in rows[:limit]]
+        positions = {key: bounds.next for key, bounds in _bounds_of(held).items()}
+        return SnapshotPage(items, positions, items[-1].key if len(rows) > limit else None)
+
     # -- internals -------------------------------------------------------------------------
+
+    async def _read_together(self, *statements: tuple[str, Sequence[object]]) -> list[list[Any]]:
+        """Statements on the reader connection in one read transaction (one snapshot)."""
+        async with self._read_lock:
+            db = self._require(self._reader)
+            try:
+                await db.execute("BEGIN")
+                try:
+                    return [await _fetch(db, sql, params) for sql, params in statements]
+                finally:
+                    await db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                raise translate_sqlite_error(exc, "downstream log read failed") from exc
 
     async def _read(self, sql: str) -> list[Any]:
         """One statement on the reader connection (its own snapshot)."""
@@ -319,6 +389,24 @@ class SqliteDownstreamLog:
         return write_transaction(
             self._require(self._writer), self._write_lock, f"downstream log {what}"
         )
+
+
+def snapshot_channels(record: LogRecord, families: Collection[str]) -> list[str]:
+    """The record's channels whose family (the part before ``:``) is one of ``families``."""
+    return [c for c in dict.fromkeys(record.channels) if _family(c) in families]
+
+
+def check_snapshot_request(channel: str, limit: int, families: Collection[str]) -> None:
+    """Raise ``ValueError`` unless ``channel`` is of one of ``families`` and ``limit >= 1``."""
+    if _family(channel) not in families:
+        raise ValueError(f"channel {channel!r:.140} is not of a snapshot family")
+    if limit < 1:
+        raise ValueError(f"snapshot limit {limit} is below 1")
+
+
+def _family(channel: str) -> str | None:
+    family, colon, _ = channel.partition(":")
+    return family if colon else None
 
 
 async def _fetch(db: aiosqlite.Connection, sql: str, params: Sequence[object] = ()) -> list[Any]:

@@ -75,6 +75,22 @@ class LogPage:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotPage:
+    """Answer of :meth:`DownstreamLog.snapshot`: one page of a channel's compacted view."""
+
+    items: list[LogRecord]
+    """The latest record of each key of the channel, ordered by key (bytewise), each with
+    ``channels`` set to just the channel asked for."""
+    positions: dict[PartitionKey, KafkaOffset]
+    """The log's positions, read together with the items: every record of the channel below
+    them is reflected in the snapshot, so a cursor of these positions continues right after
+    it (the snapshot's pages as a whole, taking the *first* page's positions; see
+    :meth:`DownstreamLog.snapshot`)."""
+    next_key: bytes | None
+    """Where the next page starts (pass it as ``after_key``); ``None`` on the last page."""
+
+
+@dataclass(frozen=True, slots=True)
 class Fetched:
     """One batch from a :class:`KafkaSource`."""
 
@@ -135,6 +151,34 @@ class DownstreamLog(Protocol):
         """Records held."""
         ...
 
+    @property
+    def snapshot_families(self) -> frozenset[str]:
+        """Channel families (the part of a channel name before ``:``) whose compacted view
+        :meth:`snapshot` keeps."""
+        ...
+
+    async def snapshot(
+        self, channel: str, *, after_key: bytes | None = None, limit: int = 1000
+    ) -> SnapshotPage:
+        """The compacted view of a channel of a snapshot family: the latest record of each
+        key (the last one stored, should a key's records come from several partitions;
+        records without a key are not kept; a tombstone removes its key), for a client
+        with no cursor or told ``reset``. It is written with :meth:`append_batch` in the same
+        transaction, survives :meth:`prune`, and :meth:`reset_partition` drops the keys whose
+        latest record came from that partition. Items with a key above ``after_key`` (all if
+        ``None``), at most ``limit`` (at least 1), ordered by key; ``positions`` are the log's
+        positions read in the same read transaction as the items.
+
+        Paging caveat: each page is read at its own moment, so later pages may already reflect
+        records that arrived after the first page was read. The client must use the *first*
+        page's ``positions`` as its cursor: streaming from there replays those records, which
+        is harmless for state-per-key updates (applying the newer record again gives the same
+        state), whereas a later page's positions could skip records of keys it had already
+        passed. Raises ``ValueError`` for a channel outside :attr:`snapshot_families` or a
+        ``limit`` below 1, :class:`~gateway.errors.StoreUnavailable` if the log cannot be
+        read."""
+        ...
+
 
 class KafkaSource(Protocol):
     """A ``read_committed`` reader of whole topics at positions the caller chooses (no
@@ -185,4 +229,30 @@ class DownstreamListener(Protocol):
     def on_reset(self, partition: PartitionKey, offset: KafkaOffset, reason: str) -> None:
         """The log forgot a partition's history, which now starts at ``offset``: subscribers
         positioned in that partition must be told ``reset``."""
+        ...
+
+
+class KafkaHistory(Protocol):
+    """Random access to the committed history Kafka still holds, for replays of cursors older
+    than the downstream log (``read_committed``, no consumer group, channels not computed)."""
+
+    async def bounds(self, topic: str, partition: int) -> OffsetRange:
+        """What Kafka holds of one partition now. Raises ``KafkaUnavailable``."""
+        ...
+
+    async def read(
+        self,
+        topic: str,
+        partition: int,
+        from_offset: KafkaOffset,
+        until_offset: KafkaOffset,
+        max_records: int,
+    ) -> tuple[list[LogRecord], KafkaOffset]:
+        """Committed records of ``[from_offset, until_offset)`` in offset order, without
+        channels, at most ``max_records``, and the position reached: the next offset to read,
+        past the last record returned and possibly further (transaction markers and aborted
+        records hold no record for anyone); ``until_offset`` once the range is done. Bounded
+        in time: returns at least one record or a position past ``from_offset``, else raises.
+        Raises ``KafkaUnavailable``, also when ``from_offset`` is no longer in Kafka (the
+        caller decides again with fresh :meth:`bounds`)."""
         ...

@@ -3,14 +3,21 @@ reference model (which is also the oracle of a randomized differential test)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from gateway.adapters import sqlite_downstream
-from gateway.adapters.sqlite_downstream import SqliteDownstreamLog
+from gateway.adapters.sqlite_downstream import (
+    SqliteDownstreamLog,
+    check_snapshot_request,
+    snapshot_channels,
+)
 from gateway.core.ids import KafkaOffset
 from gateway.flows.downstream_ports import (
     DownstreamLog,
@@ -18,6 +25,7 @@ from gateway.flows.downstream_ports import (
     LogPage,
     LogRecord,
     PartitionKey,
+    SnapshotPage,
 )
 
 INV, ORD = "inventory.events", "order.events"
@@ -26,10 +34,16 @@ INV, ORD = "inventory.events", "order.events"
 class MemoryDownstreamLog:
     """:class:`DownstreamLog` in memory: the reference the SQLite log is held to."""
 
-    def __init__(self) -> None:
+    def __init__(self, snapshot_families: Collection[str] = ("inventory",)) -> None:
         self._rows: dict[int, LogRecord] = {}  # local sequence (arrival order) -> record
         self._bounds: dict[PartitionKey, LogBounds] = {}
         self._seq = 0
+        self._families = frozenset(snapshot_families)
+        self._snapshot: dict[tuple[str, bytes], LogRecord] = {}
+
+    @property
+    def snapshot_families(self) -> frozenset[str]:
+        return self._families
 
     async def append_batch(
         self, records: Sequence[LogRecord], positions: Mapping[PartitionKey, KafkaOffset]
@@ -45,6 +59,13 @@ class MemoryDownstreamLog:
             self._seq += 1
             self._rows[self._seq] = record
             fresh.append(record)
+            if record.key is None:
+                continue
+            for channel in snapshot_channels(record, self._families):
+                if record.value:
+                    self._snapshot[(channel, record.key)] = replace(record, channels=(channel,))
+                else:
+                    self._snapshot.pop((channel, record.key), None)
         for key, position in positions.items():
             start, next_ = self._bounds.get(key, (position, position))
             self._bounds[key] = LogBounds(start, max(next_, position))
@@ -79,6 +100,9 @@ class MemoryDownstreamLog:
     async def reset_partition(self, topic: str, partition: int, offset: KafkaOffset) -> None:
         self._rows = {s: r for s, r in self._rows.items() if r.partition_key != (topic, partition)}
         self._bounds[(topic, partition)] = LogBounds(offset, offset)
+        self._snapshot = {
+            at: r for at, r in self._snapshot.items() if r.partition_key != (topic, partition)
+        }
 
     async def prune(self, older_than_ms: int) -> int:
         pruned = 0
@@ -94,6 +118,17 @@ class MemoryDownstreamLog:
 
     async def count(self) -> int:
         return len(self._rows)
+
+    async def snapshot(
+        self, channel: str, *, after_key: bytes | None = None, limit: int = 1000
+    ) -> SnapshotPage:
+        check_snapshot_request(channel, limit, self._families)
+        keys = sorted(
+            k for c, k in self._snapshot if c == channel and (after_key is None or k > after_key)
+        )
+        items = [self._snapshot[(channel, key)] for key in keys[:limit]]
+        next_key = keys[limit - 1] if len(keys) > limit else None
+        return SnapshotPage(items, await self.positions(), next_key)
 
 
 def rec(
@@ -242,6 +277,137 @@ async def test_record_fields_round_trip(dlog: DownstreamLog) -> None:
     assert (await dlog.read(["orders:u1"], {}, 10)).records == [tombstone, full]
 
 
+S1, S2 = "inventory:s1", "inventory:s2"
+
+
+def tomb(topic: str, partition: int, offset: int, channel: str, key: bytes) -> LogRecord:
+    return replace(rec(topic, partition, offset, channel, key=key), value=b"")
+
+
+async def held(dlog: DownstreamLog, channel: str) -> list[tuple[bytes | None, int]]:
+    """(key, offset) of every item of a channel's snapshot, in one page."""
+    return [(r.key, r.offset) for r in (await dlog.snapshot(channel, limit=10_000)).items]
+
+
+async def test_snapshot_keeps_the_latest_record_per_key(dlog: DownstreamLog) -> None:
+    first = [rec(INV, 0, 0, S1, key=b"a"), rec(INV, 0, 1, S1, key=b"b")]
+    first.append(rec(INV, 1, 0, S1, S2, key=b"c"))
+    await dlog.append_batch(first, {})
+    second = [rec(INV, 0, o, S1, key=k) for o, k in ((2, b"a"), (3, b"a"), (4, b"b"))]
+    await dlog.append_batch(second, {(INV, 0): off(7)})
+    page = await dlog.snapshot(S1)
+    assert page.items == [replace(r, channels=(S1,)) for r in (second[1], second[2], first[2])]
+    assert page.next_key is None
+    assert await held(dlog, S2) == [(b"c", 0)]
+    await dlog.append_batch([rec(INV, 0, 5, S1, key=b"b")], {})  # below the position: ignored
+    assert (await dlog.snapshot(S1)).items == page.items
+    await dlog.append_batch([rec(INV, 1, 1, S1, key=b"a")], {})  # another partition: the later
+    assert await held(dlog, S1) == [(b"a", 1), (b"b", 4), (b"c", 0)]
+
+
+async def test_snapshot_tombstone_deletes_the_key(dlog: DownstreamLog) -> None:
+    batch = [rec(INV, 0, 0, S1, key=b"a"), rec(INV, 0, 1, S1, key=b"b"), tomb(INV, 0, 2, S1, b"a")]
+    await dlog.append_batch(batch, {})
+    assert await held(dlog, S1) == [(b"b", 1)]
+    batch = [tomb(INV, 0, 3, S1, b"b"), rec(INV, 0, 4, S1, key=b"a"), tomb(INV, 0, 5, S1, b"z")]
+    await dlog.append_batch(batch, {})
+    assert await held(dlog, S1) == [(b"a", 4)]
+
+
+async def test_snapshot_only_of_snapshot_families_and_keyed_records(dlog: DownstreamLog) -> None:
+    assert dlog.snapshot_families == {"inventory"}
+    batch = [
+        rec(ORD, 0, 0, "orders:u1", S1, key=b"a"),
+        rec(ORD, 0, 1, "orders:u1", key=b"b"),
+        replace(rec(INV, 0, 0, S1), key=None),
+        rec(INV, 0, 1, "inventoryx:s1", "inventory", S2, key=b"c"),
+    ]
+    await dlog.append_batch(batch, {})
+    assert await held(dlog, S1) == [(b"a", 0)]
+    assert await held(dlog, S2) == [(b"c", 1)]
+    for other in ("orders:u1", "inventoryx:s1", "inventory"):
+        with pytest.raises(ValueError, match="not of a snapshot family"):
+            await dlog.snapshot(other)
+    with pytest.raises(ValueError, match="below 1"):
+        await dlog.snapshot(S1, limit=0)
+
+
+async def test_snapshot_survives_prune(dlog: DownstreamLog) -> None:
+    batch = [rec(INV, 0, o, S1, ts=o, key=b"abc"[o % 3 : o % 3 + 1]) for o in range(6)]
+    await dlog.append_batch(batch, {})
+    before = await dlog.snapshot(S1)
+    assert await dlog.prune(older_than_ms=100) == 6
+    assert await dlog.count() == 0
+    assert await dlog.snapshot(S1) == before
+    assert [(r.key, r.offset) for r in before.items] == [(b"a", 3), (b"b", 4), (b"c", 5)]
+
+
+async def test_reset_partition_drops_its_snapshot_rows(dlog: DownstreamLog) -> None:
+    batch = [rec(INV, 0, 0, S1, key=b"a"), rec(INV, 1, 0, S1, key=b"b")]
+    batch += [rec(ORD, 0, 0, S1, key=b"c"), rec(INV, 0, 1, S2, key=b"d")]
+    await dlog.append_batch(batch, {})
+    await dlog.reset_partition(INV, 0, off(5))
+    assert await held(dlog, S1) == [(b"b", 0), (b"c", 0)]
+    assert await held(dlog, S2) == []
+    assert (await dlog.snapshot(S1)).positions == {(INV, 0): 5, (INV, 1): 1, (ORD, 0): 1}
+
+
+async def test_snapshot_pages_by_key_cover_every_key_once(dlog: DownstreamLog) -> None:
+    keys = [b"", b"\x00", b"\x00\x00", b"a", b"a\x00", b"b", b"\xff", b"\xff\xff"]
+    keys += [f"k{i:02}".encode() for i in range(20)]
+    random.Random(1).shuffle(keys)
+    batch = [rec(INV, i % 3, i // 3, S1, key=k) for i, k in enumerate(keys)]
+    await dlog.append_batch(batch, {})
+    for limit in (1, 3, 7, len(keys), 100):
+        seen: list[bytes | None] = []
+        after: bytes | None = None
+        pages = 0
+        while pages <= len(keys):
+            page = await dlog.snapshot(S1, after_key=after, limit=limit)
+            pages += 1
+            assert len(page.items) <= limit
+            seen += [r.key for r in page.items]
+            after = page.next_key
+            if after is None:
+                break
+        assert seen == sorted(keys), limit
+        assert pages == -(-len(keys) // limit)  # no empty last page
+
+
+async def test_snapshot_positions_are_the_log_positions_at_the_read(dlog: DownstreamLog) -> None:
+    await dlog.append_batch([rec(INV, 0, 0, S1, key=b"a")], {(INV, 0): off(3), (ORD, 1): off(9)})
+    page = await dlog.snapshot(S1)
+    assert page.positions == await dlog.positions() == {(INV, 0): 3, (ORD, 1): 9}
+    await dlog.append_batch([rec(INV, 0, 3, S1, key=b"a")], {(INV, 2): off(1)})
+    assert page.positions == {(INV, 0): 3, (ORD, 1): 9}  # the answer is not a live view
+    assert (await dlog.snapshot(S1)).positions == {(INV, 0): 4, (ORD, 1): 9, (INV, 2): 1}
+
+
+async def test_snapshot_items_and_positions_are_read_together(dlog: DownstreamLog) -> None:
+    """While batches arrive, every snapshot holds exactly the records below its positions."""
+
+    async def write() -> None:
+        for o in range(300):
+            await dlog.append_batch([rec(INV, 0, o, S1, key=b"%d" % (o % 7))], {})
+            await asyncio.sleep(0)
+
+    writer = asyncio.create_task(write())
+    seen: set[int] = set()
+    try:
+        while not writer.done():
+            page = await dlog.snapshot(S1)
+            below = page.positions.get((INV, 0), off(0))
+            expected = {b"%d" % (o % 7): o for o in range(below)}
+            assert {r.key: r.offset for r in page.items} == expected, below
+            seen.add(below)
+            await asyncio.sleep(0)
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+    assert len(seen) > 3  # the reads did interleave with the writes
+
+
 async def test_sqlite_log_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "downstream.sqlite3"
     records = [rec(INV, 0, o, "c") for o in range(3)]
@@ -250,6 +416,21 @@ async def test_sqlite_log_survives_reopening(tmp_path: Path) -> None:
     async with SqliteDownstreamLog(path) as again:
         assert await again.positions() == {(INV, 0): 4}
         assert (await again.read(["c"], {}, 10)).records == records
+
+
+async def test_sqlite_snapshot_families_are_configurable_and_survive_reopening(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "downstream.sqlite3"
+    with pytest.raises(TypeError, match="not one string"):
+        SqliteDownstreamLog(path, snapshot_families="orders")
+    async with SqliteDownstreamLog(path, snapshot_families=("orders", "stock")) as first:
+        assert first.snapshot_families == {"orders", "stock"}
+        await first.append_batch([rec(ORD, 0, 0, "orders:u1", S1, key=b"a")], {})
+        with pytest.raises(ValueError, match="not of a snapshot family"):
+            await first.snapshot(S1)
+    async with SqliteDownstreamLog(path, snapshot_families=["orders"]) as again:
+        assert await held(again, "orders:u1") == [(b"a", 0)]
 
 
 async def test_sqlite_prune_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,10 +443,11 @@ async def test_sqlite_prune_in_chunks(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 async def test_sqlite_matches_the_reference_under_random_operations(tmp_path: Path) -> None:
-    """Random appends (with replays, gaps, markers), resets, prunes and paged reads give the
-    same answers from both implementations."""
+    """Random appends (with replays, gaps, markers, tombstones), resets, prunes, paged reads
+    and snapshot pages give the same answers from both implementations."""
     keys = [(INV, 0), (INV, 1), (ORD, 0)]
-    channels = ["a", "b", "c", "d"]
+    channels = [S1, S2, "orders:c", "d"]
+    record_keys = [b"x", b"y", b"z", b"", None]
     for seed in range(6):
         rng = random.Random(seed)
         model = MemoryDownstreamLog()
@@ -279,7 +461,9 @@ async def test_sqlite_matches_the_reference_under_random_operations(tmp_path: Pa
                         key = rng.choice(keys)
                         nexts[key] = max(0, nexts[key] + rng.choice([-2, 0, 0, 1, 2]))
                         picked = rng.sample(channels, rng.randint(0, 2))
-                        batch.append(rec(*key, nexts[key], *picked, ts=step))
+                        record = rec(*key, nexts[key], *picked, ts=step)
+                        record = replace(record, key=rng.choice(record_keys))
+                        batch.append(replace(record, value=b"") if rng.random() < 0.2 else record)
                         nexts[key] += 1
                     moved = {k: off(nexts[k] + rng.randint(0, 2)) for k in rng.sample(keys, 2)}
                     assert await real.append_batch(batch, moved) == await model.append_batch(
@@ -301,3 +485,8 @@ async def test_sqlite_matches_the_reference_under_random_operations(tmp_path: Pa
                 assert await real.positions() == await model.positions()
                 for key in keys:
                     assert await real.bounds(*key) == await model.bounds(*key)
+                channel, after_key = rng.choice([S1, S2]), rng.choice(record_keys)
+                limit = rng.randint(1, 3)
+                assert await real.snapshot(
+                    channel, after_key=after_key, limit=limit
+                ) == await model.snapshot(channel, after_key=after_key, limit=limit), (seed, step)

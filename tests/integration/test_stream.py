@@ -269,3 +269,32 @@ async def test_a_cursor_from_one_instance_resumes_on_another(
     assert quantities(rest) == [8, 9]
     assert [f["type"] for f in frames] in ([], ["live"])
     assert quantities(live) == [10, 11]
+
+
+async def test_snapshot_then_stream_from_its_cursor(gateway: GatewayProcess) -> None:
+    store, channel = "s-snap", "inventory:s-snap"
+    events = [inventory_updated(store, f"SKU-{i % 3}", i) for i in range(9)]
+    async with stream(gateway.url) as client:
+        await client.subscribe("w", channel)
+        await client.expect("subscribed")
+        await client.expect("live")
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            assert (await post_events(http, events)).status_code == 200
+            await client.updates("w", 9)  # all of them are in the log now
+            page = (await http.get("/v1/snapshot", params={"channel": channel})).json()
+            other = await http.get("/v1/snapshot", params={"channel": "orders:u-1"})
+    assert {i["key"]: i["data"]["payload"]["quantity"] for i in page["items"]} == {
+        f"{store}:SKU-0": 6,
+        f"{store}:SKU-1": 7,
+        f"{store}:SKU-2": 8,
+    }
+    assert page["next"] is None
+    assert other.status_code == 404
+    async with stream(gateway.url) as client:
+        await client.subscribe("s", channel, page["cursor"])
+        await client.expect("subscribed")
+        await client.expect("live")
+        await publish(gateway, store, range(100, 101))
+        got, others = await client.updates("s", 1)
+    assert quantities(got) == [100]
+    assert others == []
