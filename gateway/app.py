@@ -15,9 +15,10 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from gateway.adapters.http_changes import ChangesEndpoint, ChangesSettings
 from gateway.adapters.http_ingest import IngestEndpoint
-from gateway.adapters.http_snapshot import SnapshotEndpoint
 from gateway.adapters.http_ops import healthz, metrics_endpoint, openapi, readyz_endpoint
+from gateway.adapters.http_snapshot import SnapshotEndpoint
 from gateway.adapters.kafka_consumer import AiokafkaSource, ConsumerSettings
+from gateway.adapters.kafka_history import AiokafkaHistory
 from gateway.adapters.kafka_producer import AiokafkaPublisher, KafkaSettings
 from gateway.adapters.sqlite_downstream import SqliteDownstreamLog
 from gateway.adapters.sqlite_store import SqliteEventStore
@@ -152,11 +153,14 @@ class Gateway:
                 prune_interval_s=config.prune_interval_s,
             ),
         )
+        self.history = AiokafkaHistory(config.kafka_bootstrap, config.kafka_request_timeout_ms)
         self.fanout = Fanout(
             self.downstream_log,
             Epoch("0"),
             now=lambda: self.consumer.positions,
             max_queue=config.stream_queue_max,
+            history=self.history,
+            channels=self.channels,
         )
         self.consumer.add_listener(self.fanout)
         self.codec = CursorCodec(cursor_key(config))
@@ -187,6 +191,7 @@ class Gateway:
         await self.store.close()
         await self.consumer.stop()
         await self.fanout.close()
+        await self.history.close()
         await self.downstream_log.close()
 
     async def status(self) -> tuple[bool, dict[str, Any]]:

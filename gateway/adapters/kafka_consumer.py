@@ -13,9 +13,11 @@ bounded time even when the broker is gone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError as AiokafkaError
@@ -61,7 +63,7 @@ class AiokafkaSource:
                 found = sorted(await _partitions(consumer, topics))
                 assigned = [TopicPartition(t, p) for t, p in found]
                 consumer.assign(assigned)
-                ranges = await _ranges(consumer, assigned)
+                ranges = await offset_ranges(consumer, assigned)
         except BaseException as exc:
             await close_quietly(consumer.stop())
             if isinstance(exc, AiokafkaError | OSError | TimeoutError):
@@ -83,7 +85,7 @@ class AiokafkaSource:
         if not self._assigned:  # none of the topics exists (yet)
             await asyncio.sleep(timeout_s)
             return Fetched([], {}, None)
-        try:
+        with kafka_errors("fetch failed"):
             async with asyncio.timeout(timeout_s + self._s.request_timeout_s):
                 batches = await consumer.getmany(
                     timeout_ms=int(timeout_s * 1000), max_records=max_records
@@ -92,26 +94,7 @@ class AiokafkaSource:
                     (tp.topic, tp.partition): KafkaOffset(await consumer.position(tp))
                     for tp in self._assigned
                 }
-        except OffsetOutOfRangeError as exc:
-            raise KafkaUnavailable(
-                f"a position is no longer in Kafka (records deleted before they were consumed):"
-                f" {describe(exc)}"
-            ) from exc
-        except (AiokafkaError, OSError, TimeoutError) as exc:
-            raise KafkaUnavailable(f"fetch failed: {describe(exc)}") from exc
-        records = [
-            LogRecord(
-                topic=m.topic,
-                partition=m.partition,
-                offset=KafkaOffset(m.offset),
-                key=m.key,
-                value=m.value if m.value is not None else b"",
-                headers=tuple(m.headers),
-                timestamp_ms=m.timestamp,
-            )
-            for messages in batches.values()
-            for m in messages
-        ]
+        records = [log_record(m) for messages in batches.values() for m in messages]
         return Fetched(records, positions, self._lag(consumer, positions))
 
     def _lag(
@@ -129,34 +112,29 @@ class AiokafkaSource:
 
     async def partitions(self, topics: Collection[str]) -> set[PartitionKey]:
         consumer = self._require()
-        try:
+        with kafka_errors("metadata request failed"):
             async with asyncio.timeout(self._s.request_timeout_s):
                 return await _partitions(consumer, topics)
-        except (AiokafkaError, OSError, TimeoutError) as exc:
-            raise KafkaUnavailable(f"metadata request failed: {describe(exc)}") from exc
 
     async def earliest_and_end(self, topic: str, partition: int) -> OffsetRange:
         tp = TopicPartition(topic, partition)
         own = self._consumer
         consumer = own if own is not None else self._new_consumer()
         try:
-            async with asyncio.timeout(self._s.request_timeout_s * 2):
-                if own is None:
-                    await consumer.start()
-                return (await _ranges(consumer, [tp]))[(topic, partition)]
-        except (AiokafkaError, OSError, TimeoutError) as exc:
-            raise KafkaUnavailable(f"cannot read the offsets of {tp}: {describe(exc)}") from exc
+            with kafka_errors(f"cannot read the offsets of {tp}"):
+                async with asyncio.timeout(self._s.request_timeout_s * 2):
+                    if own is None:
+                        await consumer.start()
+                    return (await offset_ranges(consumer, [tp]))[(topic, partition)]
         finally:
             if own is None:
                 await close_quietly(consumer.stop())
 
     async def ping(self) -> None:
         consumer = self._require()
-        try:
+        with kafka_errors("Kafka does not answer"):
             async with asyncio.timeout(self._s.request_timeout_s):
                 await consumer.topics()
-        except (AiokafkaError, OSError, TimeoutError) as exc:
-            raise KafkaUnavailable(f"Kafka does not answer: {describe(exc)}") from exc
 
     async def close(self) -> None:
         consumer, self._consumer, self._assigned = self._consumer, None, []
@@ -164,18 +142,7 @@ class AiokafkaSource:
             await close_quietly(consumer.stop())
 
     def _new_consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            bootstrap_servers=self._s.bootstrap,
-            client_id=self._s.client_id,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="none",
-            request_timeout_ms=self._s.request_timeout_ms,
-            fetch_max_wait_ms=self._s.fetch_max_wait_ms,
-            max_partition_fetch_bytes=self._s.max_partition_fetch_bytes,
-            fetch_max_bytes=self._s.fetch_max_bytes,
-        )
+        return new_consumer(self._s)
 
     def _require(self) -> AIOKafkaConsumer:
         if self._consumer is None:
@@ -198,9 +165,53 @@ async def _partitions(consumer: AIOKafkaConsumer, topics: Collection[str]) -> se
     return found
 
 
-async def _ranges(
+def new_consumer(settings: ConsumerSettings) -> AIOKafkaConsumer:
+    """A ``read_committed`` consumer without a group that raises on positions out of range."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        client_id=settings.client_id,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="none",
+        request_timeout_ms=settings.request_timeout_ms,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+        fetch_max_bytes=settings.fetch_max_bytes,
+    )
+
+
+@contextlib.contextmanager
+def kafka_errors(what: str) -> Iterator[None]:
+    """Translate aiokafka's errors, socket errors and timeouts to ``KafkaUnavailable``."""
+    try:
+        yield
+    except OffsetOutOfRangeError as exc:
+        raise KafkaUnavailable(
+            f"a position is no longer in Kafka (records deleted before they were consumed):"
+            f" {describe(exc)}"
+        ) from exc
+    except (AiokafkaError, OSError, TimeoutError) as exc:
+        raise KafkaUnavailable(f"{what}: {describe(exc)}") from exc
+
+
+def log_record(message: Any) -> LogRecord:
+    """An aiokafka ``ConsumerRecord`` as a :class:`LogRecord` (a null value becomes ``b""``)."""
+    return LogRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=KafkaOffset(message.offset),
+        key=message.key,
+        value=message.value if message.value is not None else b"",
+        headers=tuple(message.headers),
+        timestamp_ms=message.timestamp,
+    )
+
+
+async def offset_ranges(
     consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
 ) -> dict[PartitionKey, OffsetRange]:
+    """What Kafka holds of each partition: earliest offset and ``read_committed`` end."""
     if not partitions:
         return {}
     earliest = await consumer.beginning_offsets(partitions)

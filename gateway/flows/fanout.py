@@ -5,23 +5,22 @@ downstream consumer and holds :class:`Subscription` objects, one per (client, ch
 websocket or long-poll adapter sits on top: it calls :meth:`Fanout.subscribe`, then loops on
 :meth:`Subscription.next_item` and writes each :class:`Update` or :class:`Reset` as a frame.
 
-Replay, then live, with no gap and no duplicate at the seam. A subscription with a cursor starts
-``replaying`` in a background task: it pages the channel out of the local log from the cursor's
-positions, advancing the cursor with each page's positions, until a page is complete. Live
-records of the channel that arrive meanwhile are buffered (they are already committed to the log,
-so when the buffer overflows it is dropped and the log read once more). When a read is complete
-the buffered records at or above the cursor are delivered and the subscription goes ``live``,
-with no ``await`` in between. Live, a record of the channel is delivered when its offset is at or
-above the cursor's position in its partition (records below it the client has already). Replay
-waits for room in the queue (a client far behind is not "slow"); a live subscription whose queue
-is full is marked ``slow`` and closed (reason ``"slow consumer"``), its queue dropped, so memory
-stays bounded and other subscriptions are unaffected.
+Replay, then live, with no gap and no duplicate at the seams. A subscription with a cursor
+starts ``replaying`` in a background task run by a :class:`~gateway.flows.replayer.Replayer`:
+records older than the local log come from Kafka (given a ``history`` and the record
+``channels``), then the channel is paged out of the log from the cursor's positions, and when a
+page is complete the live records buffered meanwhile (those at or above the cursor) are
+delivered and the subscription goes ``live``. While the records it needs are only in Kafka and
+Kafka is unreachable, it is ``waiting`` (it retries; nothing is skipped). History that is gone
+gets a :class:`Reset`; without a ``history``, so does a cursor older than the log (reason
+:data:`KAFKA_REPLAY_MISSING`). A partition the cursor does not name is replayed from offset 0.
+See :mod:`gateway.flows.replayer` for the steps and the seams.
 
-History checks use :func:`gateway.core.replay.decide_replay` with ``kafka=None`` (local log
-only). TODO: the Kafka fallback (``FromKafka``, or ``Wait`` when the log does not hold the
-records after the cursor) is not implemented: such a subscription gets a :class:`Reset`
-(reason :data:`KAFKA_REPLAY_MISSING`), which is safe (the client re-snapshots) but stricter than
-necessary. A partition the cursor does not name is replayed from offset 0.
+Live, a record of the channel is delivered when its offset is at or above the cursor's position
+in its partition (records below it the client has already). Replay waits for room in the queue
+(a client far behind is not "slow"); a live subscription whose queue is full is marked ``slow``
+and closed (reason ``"slow consumer"``), its queue dropped, so memory stays bounded and other
+subscriptions are unaffected.
 
 When the consumer resets a partition (:meth:`Fanout.on_reset`), every subscription whose cursor
 names it gets a :class:`Reset` and ends.
@@ -31,23 +30,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from gateway.core import replay
 from gateway.core.channels import valid_channel
 from gateway.core.cursor import Cursor
 from gateway.core.ids import Epoch, KafkaOffset
 from gateway.core.replay import SubscriptionEvent, SubscriptionPhase, SubscriptionState
-from gateway.flows.downstream_ports import DownstreamLog, LogRecord, PartitionKey
-
-log = logging.getLogger(__name__)
+from gateway.flows.downstream_ports import (
+    DownstreamLog,
+    KafkaHistory,
+    LogRecord,
+    PartitionKey,
+    RecordChannels,
+)
+from gateway.flows.replayer import KAFKA_REPLAY_MISSING as KAFKA_REPLAY_MISSING
+from gateway.flows.replayer import Replayer, cursor_at
 
 SLOW_CONSUMER = "slow consumer"
-KAFKA_REPLAY_MISSING = "history_not_in_local_log"
-"""Reset reason while replay from Kafka is not implemented (TODO)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,10 @@ class SubscriptionClosed(Exception):
 
 
 class Subscription:
-    """One channel for one client: a bounded queue of :class:`Update` / :class:`Reset` items."""
+    """One channel for one client: a bounded queue of :class:`Update` / :class:`Reset` items.
+
+    Its private methods (``_deliver``, ``_wait_for_room``, ``_go_live``, ``_reset``, ``_end``)
+    are driven by the fan-out and its :class:`~gateway.flows.replayer.Replayer` only."""
 
     def __init__(
         self, channel: str, cursor: Cursor, max_items: int, on_close: Callable[[Subscription], None]
@@ -107,12 +111,16 @@ class Subscription:
 
     @property
     def phase(self) -> SubscriptionPhase:
-        """The state machine's phase (replaying, live, reset_sent, closed)."""
+        """The state machine's phase (replaying, waiting, live, reset_sent, closed)."""
         return self.state.phase
 
     def replaying(self) -> bool:
         """Whether the subscription is still catching up from the log."""
         return self.state.phase is SubscriptionPhase.REPLAYING
+
+    def catching_up(self) -> bool:
+        """Whether the subscription is replaying or waiting for Kafka (not live, not ended)."""
+        return self.state.phase in (SubscriptionPhase.REPLAYING, SubscriptionPhase.WAITING)
 
     @property
     def queued(self) -> int:
@@ -149,8 +157,8 @@ class Subscription:
         return self._max - len(self._queue)
 
     def _offer(self, record: LogRecord) -> None:
-        """A live record of the channel: buffer it while replaying, else deliver it."""
-        if self.phase is SubscriptionPhase.REPLAYING:
+        """A live record of the channel: buffer it while catching up, else deliver it."""
+        if self.catching_up():
             if len(self._pending) >= self._max:  # it is in the log: read it again instead
                 self._pending.clear()
                 self._pending_dropped = True
@@ -219,17 +227,29 @@ class Fanout:
         now: Callable[[], Mapping[PartitionKey, KafkaOffset]] | None = None,
         max_queue: int = 1000,
         page_size: int = 500,
+        history: KafkaHistory | None = None,
+        channels: RecordChannels | None = None,
+        retry_cap_s: float = 10.0,
     ) -> None:
         """``now`` gives the positions a "from now" subscription starts at (e.g. ``lambda:
         consumer.positions``); without it they are read from the log. ``max_queue`` bounds each
-        subscription's queue (and its buffer of live records during replay)."""
-        if max_queue < 1 or page_size < 1:
-            raise ValueError("max_queue and page_size must be positive")
-        self._log = downstream_log
+        subscription's queue (and its buffer of live records during replay). ``history`` and
+        ``channels`` (the downstream consumer's channel mapping), given together, replay cursors
+        older than the log from Kafka; ``retry_cap_s`` caps the backoff while Kafka is needed
+        but unreachable."""
+        if max_queue < 1:
+            raise ValueError("max_queue must be positive")
         self.epoch = epoch
         self._now = now
         self._max = max_queue
-        self._page = page_size
+        self._replayer = Replayer(
+            downstream_log,
+            epoch,
+            history=history,
+            channels=channels,
+            page_size=page_size,
+            retry_cap_s=retry_cap_s,
+        )
         self._by_channel: dict[str, set[Subscription]] = {}
 
     @property
@@ -243,12 +263,12 @@ class Fanout:
         if not valid_channel(channel):
             raise ValueError(f"invalid channel {channel!r:.80}")
         if cursor is None and self._now is not None:
-            start = Cursor(self.epoch, _by_topic(self._now()))
+            start = cursor_at(self.epoch, self._now())
             sub = Subscription(channel, start, self._max, self._detach)
             sub._caught_up()
         else:
             sub = Subscription(channel, cursor or Cursor(self.epoch), self._max, self._detach)
-            sub.task = asyncio.create_task(self._replay(sub, from_now=cursor is None))
+            sub.task = asyncio.create_task(self._replayer.run(sub, from_now=cursor is None))
         self._by_channel.setdefault(channel, set()).add(sub)
         return sub
 
@@ -296,60 +316,3 @@ class Fanout:
                 del self._by_channel[sub.channel]
         if sub.task is not None and sub.task is not asyncio.current_task():
             sub.task.cancel()
-
-    async def _replay(self, sub: Subscription, *, from_now: bool) -> None:
-        try:
-            if from_now:
-                sub.cursor = Cursor(self.epoch, _by_topic(await self._log.positions()))
-            else:
-                problem = await self._history_problem(sub.cursor)
-                if problem is not None:
-                    sub._reset(problem)
-                    return
-            while sub.replaying():
-                room = await sub._wait_for_room()
-                if not sub.replaying():
-                    return
-                sub._pending_dropped = False
-                after = {(t, p): o for t, p, o in sub.cursor.entries()}
-                page = await self._log.read([sub.channel], after, min(room, self._page))
-                if not sub.replaying():
-                    return
-                for record in page.records:
-                    sub._deliver(record)  # never overflows: limit <= room
-                sub.cursor = sub.cursor.advance_many(page.positions)
-                if page.complete and not sub._pending_dropped:
-                    sub._go_live()  # no await since the read: nothing slips in between
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("replay of %s failed: %s", sub.channel, exc)
-            if sub.state.delivers:
-                sub._end(SubscriptionEvent.DISCONNECT, f"replay failed: {exc}")
-
-    async def _history_problem(self, cursor: Cursor) -> str | None:
-        """Why the local log cannot replay after ``cursor`` (a reset reason), or None."""
-        if cursor.epoch != self.epoch:
-            return replay.ResetReason.EPOCH_CHANGED.value
-        keys = set(await self._log.positions()) | {(t, p) for t, p, _ in cursor.entries()}
-        for topic, partition in sorted(keys):
-            bounds = await self._log.bounds(topic, partition)
-            local = None if bounds is None else replay.LocalBounds(bounds.start, bounds.next)
-            decision = replay.decide_replay(
-                cursor.position(topic, partition) or KafkaOffset(0),
-                local=local,
-                kafka=None,
-                epoch_matches=True,
-            )
-            if isinstance(decision, replay.Reset):
-                return decision.reason.value
-            if isinstance(decision, replay.FromKafka | replay.Wait):
-                return KAFKA_REPLAY_MISSING  # TODO: replay from Kafka instead
-        return None
-
-
-def _by_topic(positions: Mapping[PartitionKey, KafkaOffset]) -> dict[str, dict[int, KafkaOffset]]:
-    nested: dict[str, dict[int, KafkaOffset]] = {}
-    for (topic, partition), offset in positions.items():
-        nested.setdefault(topic, {})[partition] = offset
-    return nested
