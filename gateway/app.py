@@ -231,6 +231,7 @@ class Gateway:
             StreamSettings(
                 max_subscriptions=self.config.stream_max_subscriptions,
                 idle_timeout_s=self.config.stream_idle_timeout_s,
+                send_stall_timeout_s=self.config.stream_send_stall_timeout_s,
             ),
         )
         changes = ChangesEndpoint(

@@ -133,6 +133,9 @@ class GatewayConfig(BaseSettings):
     stream_queue_max: int = Field(
         1000, gt=0, description="Bound of each subscription's send queue (slow consumer above)."
     )
+    stream_send_stall_timeout_s: float = Field(
+        15.0, gt=0, description="Close a connection whose socket does not drain this long (4001)."
+    )
     stream_max_subscriptions: int = Field(64, gt=0, description="Subscriptions per connection.")
     stream_idle_timeout_s: float = Field(
         60.0, gt=0, description="Close a connection with no subscription and no frame this long."

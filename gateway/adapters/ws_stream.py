@@ -7,9 +7,11 @@ subscription, which waits for the subscription's next item, takes whatever else 
 queued (up to ``frame_max_updates``) and writes it as one ``events`` frame.
 
 Backpressure: the transport's send awaits while the socket buffer is full, so a client that
-does not read stalls its pumps; its subscriptions' bounded queues then fill and the fan-out
-marks them slow; the connection is closed with :attr:`CloseCode.SLOW_CONSUMER`. Memory per
-connection is bounded by the queues and the transport buffer; other clients never wait for it.
+reads slowly stalls its pumps; its subscriptions' bounded queues fill and fall behind to the
+log (the fan-out replays them from there as the client drains). A client whose socket does not
+drain at all for ``send_stall_timeout_s`` is closed with :attr:`CloseCode.SLOW_CONSUMER`; it
+resumes from its last cursor. Memory per connection is bounded by the queues and the transport
+buffer; other clients never wait for it.
 """
 
 from __future__ import annotations
@@ -64,8 +66,12 @@ class StreamSettings:
     """Most updates in one ``events`` frame."""
     error_budget: int = 20
     """Refused frames a connection may send before it is closed (policy violation)."""
-    close_timeout_s: float = 5.0
-    """How long a close may wait for a client that does not read."""
+    send_stall_timeout_s: float = 15.0
+    """A frame that cannot be handed to the socket for this long closes the connection as a
+    slow consumer (the socket buffer is full and the client does not drain it)."""
+    close_timeout_s: float = 30.0
+    """How long a close frame may wait for a client that does not read (then the connection
+    is dropped without one)."""
 
 
 def update_view(update: Update, codec: CursorCodec) -> UpdateView:
@@ -178,11 +184,19 @@ class _Connection:
         self._finished.set()
 
     async def _send(self, frame: str | bytes) -> None:
+        message = (
+            {"type": "websocket.send", "text": frame}
+            if isinstance(frame, str)
+            else {"type": "websocket.send", "bytes": frame}
+        )
+        stall = self._e.settings.send_stall_timeout_s
         try:
-            if isinstance(frame, str):
-                await self._ws.send({"type": "websocket.send", "text": frame})
-            else:
-                await self._ws.send({"type": "websocket.send", "bytes": frame})
+            async with asyncio.timeout(stall):
+                await self._ws.send(message)
+        except TimeoutError as exc:
+            self._e.metrics.stream_slow_closes.inc()
+            self._finish(CloseCode.SLOW_CONSUMER, f"slow consumer: not drained in {stall:g}s")
+            raise _Gone from exc
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
             self._finished.set()
             raise _Gone from exc
@@ -271,10 +285,7 @@ class _Connection:
                 items = [first, *sub.take_ready(self._e.settings.frame_max_updates - 1)]
                 reset_sent = await self._write_items(sub_id, sub, items) or reset_sent
         except SubscriptionClosed as closed:
-            if sub.slow:
-                self._e.metrics.stream_slow_closes.inc()
-                self._finish(CloseCode.SLOW_CONSUMER, f"slow consumer ({sub_id})")
-            elif not reset_sent:
+            if not reset_sent:
                 await self._send(self._writer.unsubscribed(sub_id, closed.reason))
         except _Gone:
             pass

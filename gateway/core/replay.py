@@ -198,6 +198,8 @@ class SubscriptionEvent(StrEnum):
     """What happens to a subscription."""
 
     REPLAY_DONE = "replay_done"
+    FELL_BEHIND = "fell_behind"
+    """Live, the queue filled (a burst, a slow reader): catch up from the log again."""
     WAIT = "wait"
     RESUME = "resume"
     RESET = "reset"
@@ -218,6 +220,7 @@ TRANSITIONS: Final[Mapping[tuple[SubscriptionPhase, SubscriptionEvent], Subscrip
     (_P.WAITING, _E.RESET): _P.RESET_SENT,
     (_P.WAITING, _E.UNSUBSCRIBE): _P.CLOSED,
     (_P.WAITING, _E.DISCONNECT): _P.CLOSED,
+    (_P.LIVE, _E.FELL_BEHIND): _P.REPLAYING,
     (_P.LIVE, _E.RESET): _P.RESET_SENT,
     (_P.LIVE, _E.UNSUBSCRIBE): _P.CLOSED,
     (_P.LIVE, _E.DISCONNECT): _P.CLOSED,

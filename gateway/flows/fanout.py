@@ -18,9 +18,11 @@ See :mod:`gateway.flows.replayer` for the steps and the seams.
 
 Live, a record of the channel is delivered when its offset is at or above the cursor's position
 in its partition (records below it the client has already). Replay waits for room in the queue
-(a client far behind is not "slow"); a live subscription whose queue is full is marked ``slow``
-and closed (reason ``"slow consumer"``), its queue dropped, so memory stays bounded and other
-subscriptions are unaffected.
+(a client far behind is paced, not dropped). A live subscription whose queue is full (a burst
+bigger than the queue, or a client reading slowly) *falls behind*: it takes no more live records
+and replays them from the log as the client makes room, then goes live again. Memory stays
+bounded by the queue and other subscriptions are unaffected; a client that stops reading
+altogether is closed by the transport adapter (its sends stall).
 
 When the consumer resets a partition (:meth:`Fanout.on_reset`), every subscription whose cursor
 names it gets a :class:`Reset` and ends.
@@ -47,8 +49,6 @@ from gateway.flows.downstream_ports import (
 )
 from gateway.flows.replayer import KAFKA_REPLAY_MISSING as KAFKA_REPLAY_MISSING
 from gateway.flows.replayer import Replayer, cursor_at
-
-SLOW_CONSUMER = "slow consumer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +92,19 @@ class Subscription:
     are driven by the fan-out and its :class:`~gateway.flows.replayer.Replayer` only."""
 
     def __init__(
-        self, channel: str, cursor: Cursor, max_items: int, on_close: Callable[[Subscription], None]
+        self,
+        channel: str,
+        cursor: Cursor,
+        max_items: int,
+        on_close: Callable[[Subscription], None],
+        on_fall_behind: Callable[[Subscription], None] = lambda sub: None,
     ) -> None:
         self.channel = channel
         self.cursor = cursor
         """Where the client is once it applied everything queued so far."""
         self.state = SubscriptionState()
-        self.slow = False
+        self.fell_behind = 0
+        """Times the queue filled while live and the subscription went back to the log."""
         self.closed_reason: str | None = None
         self._max = max_items
         self._queue: deque[Item] = deque()
@@ -107,6 +113,8 @@ class Subscription:
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._on_close = on_close
+        self._on_fall_behind = on_fall_behind
+        self._announced_live = False
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -167,12 +175,12 @@ class Subscription:
             self._deliver(record)
 
     def _deliver(self, record: LogRecord) -> None:
-        """Enqueue a record unless the client has it; close as slow when the queue is full."""
+        """Enqueue a record unless the client has it; fall behind when the queue is full."""
         position = self.cursor.position(record.topic, record.partition)
         if position is not None and record.offset < position:
             return
         if len(self._queue) >= self._max:
-            self._end(SubscriptionEvent.DISCONNECT, SLOW_CONSUMER, slow=True)
+            self._fall_behind()
             return
         self.cursor = self.cursor.advance(record.topic, record.partition, record.offset)
         self._queue.append(Update(record, self.cursor))
@@ -188,10 +196,23 @@ class Subscription:
             self._deliver(record)
 
     def _caught_up(self) -> None:
-        """Go live and tell the client where it is (this item may exceed the bound by one)."""
+        """Go live and, the first time, tell the client where it is (this item may exceed the
+        bound by one)."""
         self.state.handle(SubscriptionEvent.REPLAY_DONE)
-        self._queue.append(CaughtUp(self.cursor))
-        self._ready.set()
+        if not self._announced_live:
+            self._announced_live = True
+            self._queue.append(CaughtUp(self.cursor))
+            self._ready.set()
+
+    def _fall_behind(self) -> None:
+        """The queue is full while live: take no more live records and read them from the log
+        once the client makes room, as a replay does. Memory stays bounded by the queue and a
+        burst never drops a client; one that stops reading is the adapter's to close."""
+        self.state.handle(SubscriptionEvent.FELL_BEHIND)
+        self.fell_behind += 1
+        self._pending.clear()
+        self._pending_dropped = False
+        self._on_fall_behind(self)
 
     def _reset(self, reason: str) -> None:
         """Queue a final :class:`Reset` (it may exceed the bound by one) and end."""
@@ -199,13 +220,12 @@ class Subscription:
             self._queue.append(Reset(reason))
             self._end(SubscriptionEvent.RESET, reason)
 
-    def _end(self, event: SubscriptionEvent, reason: str, *, slow: bool = False) -> None:
+    def _end(self, event: SubscriptionEvent, reason: str) -> None:
         if self.closed_reason is not None:
             return
         self.state.handle(event)
         self.closed_reason = reason
-        self.slow = slow
-        if slow or event is not SubscriptionEvent.RESET:
+        if event is not SubscriptionEvent.RESET:
             self._queue.clear()  # bounded memory: nothing more goes to this client
         self._pending.clear()
         self._ready.set()
@@ -264,10 +284,11 @@ class Fanout:
             raise ValueError(f"invalid channel {channel!r:.80}")
         if cursor is None and self._now is not None:
             start = cursor_at(self.epoch, self._now())
-            sub = Subscription(channel, start, self._max, self._detach)
+            sub = Subscription(channel, start, self._max, self._detach, self._catch_up)
             sub._caught_up()
         else:
-            sub = Subscription(channel, cursor or Cursor(self.epoch), self._max, self._detach)
+            start = cursor or Cursor(self.epoch)
+            sub = Subscription(channel, start, self._max, self._detach, self._catch_up)
             sub.task = asyncio.create_task(self._replayer.run(sub, from_now=cursor is None))
         self._by_channel.setdefault(channel, set()).add(sub)
         return sub
@@ -307,6 +328,10 @@ class Fanout:
                     sub._reset(f"partition {partition[0]}:{partition[1]} reset: {reason}")
 
     # -- internals --------------------------------------------------------------------------
+
+    def _catch_up(self, sub: Subscription) -> None:
+        """A live subscription fell behind: replay it from its cursor again."""
+        sub.task = asyncio.create_task(self._replayer.run(sub, from_now=False))
 
     def _detach(self, sub: Subscription) -> None:
         subs = self._by_channel.get(sub.channel)

@@ -17,7 +17,6 @@ from gateway.errors import KafkaUnavailable
 from gateway.flows.downstream_ports import LogPage, LogRecord, OffsetRange, PartitionKey
 from gateway.flows.fanout import (
     KAFKA_REPLAY_MISSING,
-    SLOW_CONSUMER,
     CaughtUp,
     Fanout,
     Item,
@@ -170,22 +169,27 @@ async def test_channels_are_isolated() -> None:
         fanout.subscribe("../etc", None)
 
 
-async def test_slow_subscriber_is_closed_and_others_get_everything() -> None:
+async def test_a_full_queue_falls_behind_to_the_log_and_misses_nothing() -> None:
     dlog = MemoryDownstreamLog()
-    fanout = Fanout(dlog, EPOCH, max_queue=4)
-    slow, fast = fanout.subscribe(S1, None), fanout.subscribe(S1, None)
+    fanout = Fanout(dlog, EPOCH, max_queue=4, page_size=3)
+    behind, fast = fanout.subscribe(S1, None), fanout.subscribe(S1, None)
     await settle()
     received: list[tuple[int, int]] = []
     for o in range(10):
         await publish(dlog, fanout, [rec(INV, 0, o, S1)])
         received += offsets(drain(fast))
     assert received == [(0, o) for o in range(10)]
-    assert slow.slow
-    assert slow.queued == 0
-    assert fanout.subscriptions == 1
-    with pytest.raises(SubscriptionClosed) as closed:
-        await slow.next_item()
-    assert closed.value.reason == SLOW_CONSUMER
+    assert behind.fell_behind == 1
+    assert behind.queued <= 4  # bounded while the client does not read
+    assert fast.fell_behind == 0
+    got = [await behind.next_item() for _ in range(11)]
+    assert isinstance(got[0], CaughtUp)  # from subscribing "from now"
+    assert offsets(got[1:]) == [(0, o) for o in range(10)]
+    await settle()
+    assert behind.phase is SubscriptionPhase.LIVE
+    await publish(dlog, fanout, [rec(INV, 0, 10, S1)])
+    assert offsets([await behind.next_item()]) == [(0, 10)]  # "live" is said once only
+    await fanout.close()
 
 
 async def test_a_resuming_subscriber_far_behind_is_paced_not_slow() -> None:
@@ -195,7 +199,7 @@ async def test_a_resuming_subscriber_far_behind_is_paced_not_slow() -> None:
     sub = fanout.subscribe(S1, Cursor(EPOCH, {INV: {0: 0}}))
     got = [await sub.next_item() for _ in range(20)]
     assert offsets(got) == [(0, o) for o in range(20)]
-    assert not sub.slow
+    assert sub.fell_behind == 0
     await fanout.close()
 
 
@@ -351,7 +355,7 @@ async def test_a_cursor_older_than_the_log_replays_kafka_then_the_log_then_live(
     assert got[-1] == CaughtUp(Cursor(EPOCH, {INV: {0: 21, 1: 10}}))
     assert all(isinstance(i, Update) and i.record.channels == (S1,) for i in got[:-1])
     assert {(p, until) for p, _, until in kafka.reads} == {(0, 11), (1, 4)}  # below the log only
-    assert not sub.slow
+    assert sub.fell_behind == 0
     await publish(dlog, fanout, [krec(0, 22, S1), krec(1, 10, S2), krec(1, 11, S1)])
     live = [await next_data(sub) for _ in range(2)]
     assert by_partition(live) == {0: [22], 1: [11]}
