@@ -19,13 +19,14 @@ from gateway.adapters.http_ops import healthz, metrics_endpoint, openapi, readyz
 from gateway.adapters.http_snapshot import SnapshotEndpoint
 from gateway.adapters.kafka_consumer import AiokafkaSource, ConsumerSettings
 from gateway.adapters.kafka_history import AiokafkaHistory
+from gateway.adapters.kafka_identity import fetch_history_identity
 from gateway.adapters.kafka_producer import AiokafkaPublisher, KafkaSettings
 from gateway.adapters.sqlite_downstream import SqliteDownstreamLog
 from gateway.adapters.sqlite_store import SqliteEventStore
 from gateway.adapters.ws_stream import StreamEndpoint, StreamSettings
 from gateway.config import GatewayConfig
 from gateway.core.channels import ChannelMapper
-from gateway.core.cursor import MIN_KEY_BYTES, CursorCodec
+from gateway.core.cursor import MIN_KEY_BYTES, CursorCodec, derive_epoch
 from gateway.core.ids import Epoch, InstanceId
 from gateway.core.ingest import IngestLimits
 from gateway.core.routing import TopicRouter
@@ -145,7 +146,8 @@ class Gateway:
                 )
             ),
             self.channels,
-            DownstreamSettings(
+            identity=self._history_identity,
+            settings=DownstreamSettings(
                 topics=tuple(sorted(self.channels.topics)),
                 bootstrap=config.kafka_bootstrap,
                 start_from_latest=config.downstream_start_from_latest,
@@ -156,7 +158,7 @@ class Gateway:
         self.history = AiokafkaHistory(config.kafka_bootstrap, config.kafka_request_timeout_ms)
         self.fanout = Fanout(
             self.downstream_log,
-            Epoch("0"),
+            Epoch("none"),  # until the log's or Kafka's is known
             now=lambda: self.consumer.positions,
             max_queue=config.stream_queue_max,
             history=self.history,
@@ -169,8 +171,18 @@ class Gateway:
             lambda: 1 if self.consumer.state is LinkState.UP else 0
         )
 
+    async def _history_identity(self) -> Epoch:
+        topics = sorted(self.channels.topics)
+        identity = await fetch_history_identity(
+            self.config.kafka_bootstrap, topics, self.config.kafka_request_timeout_ms
+        )
+        return derive_epoch(identity.cluster_id, identity.topic_ids)
+
     async def start(self) -> None:
         await self.downstream_log.open()
+        held = await self.downstream_log.epoch()
+        if held is not None:
+            self.fanout.epoch = held
         self.consumer.start()
         await self.store.open()
         backlog = await self.store.backlog()

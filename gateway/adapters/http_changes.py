@@ -37,6 +37,8 @@ class ChangesSettings:
     default_wait_s: float = 20.0
     max_events: int = 1000
     """Largest ``limit``; also the default."""
+    replay_grace_s: float = 2.0
+    """Longest wait for a replay's first updates, also when ``wait`` is shorter."""
 
 
 @dataclass(slots=True)
@@ -117,10 +119,13 @@ class ChangesEndpoint:
         self, sub: Subscription, answer: _Answer, wait_s: float, limit: int
     ) -> _Answer:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
+        start = loop.time()
+        # A replay runs in a task: even "wait=0" gives it a moment to produce its first page.
+        replay_deadline = start + max(wait_s, self._s.replay_grace_s)
         while len(answer.updates) < limit and answer.reset is None:
             items = sub.take_ready(limit - len(answer.updates))
             if not items:
+                deadline = start + wait_s if answer.live else replay_deadline
                 remaining = deadline - loop.time()
                 if answer.updates or remaining <= 0:
                     break

@@ -44,7 +44,7 @@ import aiosqlite
 import msgpack
 
 from gateway.adapters.sqlite_store import translate_sqlite_error, write_transaction
-from gateway.core.ids import KafkaOffset
+from gateway.core.ids import Epoch, KafkaOffset
 from gateway.errors import StoreUnavailable
 from gateway.flows.downstream_ports import (
     LogBounds,
@@ -59,6 +59,10 @@ _PRUNE_CHUNK: Final = 20_000
 """Most records of one partition deleted per transaction (the writer is not held long)."""
 
 _SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,
@@ -316,6 +320,20 @@ class SqliteDownstreamLog:
 
     async def count(self) -> int:
         return int((await self._read("SELECT count(*) FROM records"))[0][0])
+
+    async def epoch(self) -> Epoch | None:
+        rows = await self._read("SELECT value FROM meta WHERE name = 'epoch'")
+        return Epoch(rows[0][0]) if rows else None
+
+    async def begin_epoch(self, epoch: Epoch) -> None:
+        async with self._transaction("begin epoch") as db:
+            for table in ("record_channels", "records", "positions", "snapshot"):
+                await db.execute(f"DELETE FROM {table}")  # noqa: S608 (fixed names)
+            await db.execute(
+                "INSERT INTO meta (name, value) VALUES ('epoch', ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (epoch,),
+            )
 
     async def read(
         self,

@@ -241,9 +241,10 @@ class _Connection:
             elif isinstance(command, Ping):
                 await self._send(self._writer.pong())
         except FrameError as exc:
-            self._errors += 1
             self._e.metrics.stream_frame_errors.labels(exc.error_code).inc()
             await self._send(self._writer.error(exc))
+            if exc.error_code != ErrorCode.UNAVAILABLE:  # the gateway's fault, not the client's
+                self._errors += 1
             if self._errors > self._e.settings.error_budget:
                 self._finish(CloseCode.POLICY_VIOLATION, "too many refused frames")
 
@@ -265,7 +266,6 @@ class _Connection:
             self._e.metrics.stream_replays.inc()
         self._subs[command.sub] = sub
         self._e.metrics.stream_subscriptions.inc()
-        await self._send(self._writer.subscribed(command.sub, command.channel))
         self._pumps[command.sub] = asyncio.create_task(self._pump(command.sub, sub))
 
     async def _publish(self, command: Publish) -> None:
@@ -280,16 +280,22 @@ class _Connection:
     async def _pump(self, sub_id: str, sub: Subscription) -> None:
         reset_sent = False
         try:
+            await self._send(self._writer.subscribed(sub_id, sub.channel))
             while True:
                 first = await sub.next_item()
                 items = [first, *sub.take_ready(self._e.settings.frame_max_updates - 1)]
                 reset_sent = await self._write_items(sub_id, sub, items) or reset_sent
         except SubscriptionClosed as closed:
             if not reset_sent:
-                await self._send(self._writer.unsubscribed(sub_id, closed.reason))
+                with contextlib.suppress(_Gone):
+                    await self._send(self._writer.unsubscribed(sub_id, closed.reason))
         except _Gone:
             pass
+        except Exception:
+            log.exception("stream of %s failed; the connection is closed", sub.channel)
+            self._finish(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
+            self._e.fanout.unsubscribe(sub)  # idempotent; never leak a fan-out subscription
             if self._subs.get(sub_id) is sub:
                 del self._subs[sub_id]
                 self._e.metrics.stream_subscriptions.dec()

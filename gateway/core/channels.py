@@ -56,6 +56,10 @@ _SEPARATORS: Final = re.compile(r"[,;\n]")
 _ALPHABET: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~-")
 
 
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")  # NaN and Infinity: a stream frame must stay JSON
+
+
 def valid_channel(name: object) -> bool:
     """Whether ``name`` is a channel name of the grammar (:data:`CHANNEL_PATTERN`)."""
     return isinstance(name, str) and _CHANNEL.fullmatch(name) is not None
@@ -241,8 +245,10 @@ class ChannelMapper:
         rules = self._by_topic.get(topic)
         if not rules:
             return []
+        if not value.startswith(b"{"):  # no BOM, no other encoding: it is embedded as it is
+            return []
         try:
-            envelope = json.loads(value)
+            envelope = json.loads(value, parse_constant=_refuse_constant)
         except (ValueError, RecursionError):
             return []
         return self._channels(rules, envelope)

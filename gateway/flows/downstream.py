@@ -16,13 +16,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from gateway.core.backoff import Backoff
-from gateway.core.ids import KafkaOffset
+from gateway.core.ids import Epoch, KafkaOffset
 from gateway.errors import KafkaUnavailable, StoreError
 from gateway.flows.downstream_ports import (
     DownstreamListener,
@@ -117,7 +117,11 @@ class DownstreamConsumer(SessionLoop):
         channels: RecordChannels,
         settings: DownstreamSettings,
         backoff: Backoff | None = None,
+        identity: Callable[[], Awaitable[Epoch]] | None = None,
     ) -> None:
+        """``identity`` names the history Kafka holds now (e.g. from the cluster id and the
+        topic ids); when it differs from the log's, the log begins a new epoch and listeners
+        are told, before anything is consumed."""
         super().__init__(
             settings.bootstrap, backoff if backoff is not None else Backoff(base=0.2, cap=10.0)
         )
@@ -126,6 +130,7 @@ class DownstreamConsumer(SessionLoop):
         self._channels = channels
         self._s = settings
         self._listeners: list[DownstreamListener] = []
+        self._identity = identity
         self._suspect: set[PartitionKey] = set()
         self.positions: dict[PartitionKey, KafkaOffset] = {}
         """The log's positions as of the last append (where "now" is for a new subscriber)."""
@@ -159,6 +164,8 @@ class DownstreamConsumer(SessionLoop):
     async def _session(self) -> None:
         try:
             ranges = await self._source.start(self._s.topics)
+            if self._identity is not None:
+                await self._check_epoch(await self._identity())
             stored = await self._log.positions()
             plan = plan_start(stored, ranges, from_latest=self._s.start_from_latest)
             await self._apply_resets(plan.resets)
@@ -169,6 +176,22 @@ class DownstreamConsumer(SessionLoop):
             await self._consume(set(ranges))
         finally:
             await self._source.close()
+
+    async def _check_epoch(self, epoch: Epoch) -> None:
+        held = await self._log.epoch()
+        if held == epoch:
+            return
+        if held is not None:
+            log.warning(
+                "Kafka history changed (epoch %s -> %s): the log starts afresh", held, epoch
+            )
+        await self._log.begin_epoch(epoch)
+        self.positions = {}
+        for listener in list(self._listeners):
+            try:
+                listener.on_epoch(epoch)
+            except Exception:
+                log.exception("downstream listener failed on a new epoch")
 
     async def _apply_resets(self, resets: Sequence[PartitionReset]) -> None:
         beyond = {r.partition for r in resets if r.reason is ResetReason.BEYOND_END}

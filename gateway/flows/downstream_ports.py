@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, TypeAlias
 
-from gateway.core.ids import KafkaOffset
+from gateway.core.ids import Epoch, KafkaOffset
 
 PartitionKey: TypeAlias = tuple[str, int]
 """(topic, partition number)."""
@@ -151,6 +151,15 @@ class DownstreamLog(Protocol):
         """Records held."""
         ...
 
+    async def epoch(self) -> Epoch | None:
+        """The history the log holds (``None`` before the first contact with Kafka)."""
+        ...
+
+    async def begin_epoch(self, epoch: Epoch) -> None:
+        """Forget every record, position and snapshot row and record ``epoch`` as the
+        history now held, in one transaction (the old history cannot be trusted)."""
+        ...
+
     @property
     def snapshot_families(self) -> frozenset[str]:
         """Channel families (the part of a channel name before ``:``) whose compacted view
@@ -229,6 +238,11 @@ class DownstreamListener(Protocol):
     def on_reset(self, partition: PartitionKey, offset: KafkaOffset, reason: str) -> None:
         """The log forgot a partition's history, which now starts at ``offset``: subscribers
         positioned in that partition must be told ``reset``."""
+        ...
+
+    def on_epoch(self, epoch: Epoch) -> None:
+        """The log began a new history (cluster changed, a topic re-created): every cursor of
+        the old one is void."""
         ...
 
 

@@ -39,7 +39,12 @@ from dataclasses import dataclass
 from gateway.core.channels import valid_channel
 from gateway.core.cursor import Cursor
 from gateway.core.ids import Epoch, KafkaOffset
-from gateway.core.replay import SubscriptionEvent, SubscriptionPhase, SubscriptionState
+from gateway.core.replay import (
+    ResetReason,
+    SubscriptionEvent,
+    SubscriptionPhase,
+    SubscriptionState,
+)
 from gateway.flows.downstream_ports import (
     DownstreamLog,
     KafkaHistory,
@@ -259,7 +264,7 @@ class Fanout:
         but unreachable."""
         if max_queue < 1:
             raise ValueError("max_queue must be positive")
-        self.epoch = epoch
+        self._epoch = epoch
         self._now = now
         self._max = max_queue
         self._replayer = Replayer(
@@ -271,6 +276,16 @@ class Fanout:
             retry_cap_s=retry_cap_s,
         )
         self._by_channel: dict[str, set[Subscription]] = {}
+
+    @property
+    def epoch(self) -> Epoch:
+        """The history cursors are issued in (and must match to resume)."""
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, epoch: Epoch) -> None:
+        self._epoch = epoch
+        self._replayer.epoch = epoch
 
     @property
     def subscriptions(self) -> int:
@@ -326,6 +341,13 @@ class Fanout:
             for sub in list(subs):
                 if sub.cursor.position(*partition) is not None:
                     sub._reset(f"partition {partition[0]}:{partition[1]} reset: {reason}")
+
+    def on_epoch(self, epoch: Epoch) -> None:
+        """A new history: every subscription gets a reset; new cursors carry ``epoch``."""
+        self.epoch = epoch
+        for subs in list(self._by_channel.values()):
+            for sub in list(subs):
+                sub._reset(ResetReason.EPOCH_CHANGED.value)
 
     # -- internals --------------------------------------------------------------------------
 

@@ -116,7 +116,7 @@ class Replayer:
         if page_size < 1 or retry_cap_s <= 0:
             raise ValueError("page_size and retry_cap_s must be positive")
         self._log = downstream_log
-        self._epoch = epoch
+        self.epoch = epoch
         self._history = history
         self._channels = channels
         self._page = page_size
@@ -126,8 +126,8 @@ class Replayer:
         """Catch ``sub`` up and make it live, or end it (reset, or failure: disconnect)."""
         try:
             if from_now:
-                sub.cursor = cursor_at(self._epoch, await self._log.positions())
-            elif sub.cursor.epoch != self._epoch:
+                sub.cursor = cursor_at(self.epoch, await self._log.positions())
+            elif sub.cursor.epoch != self.epoch:
                 sub._reset(replay.ResetReason.EPOCH_CHANGED.value)
                 return
             await self._catch_up(sub)

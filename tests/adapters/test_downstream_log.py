@@ -18,7 +18,7 @@ from gateway.adapters.sqlite_downstream import (
     check_snapshot_request,
     snapshot_channels,
 )
-from gateway.core.ids import KafkaOffset
+from gateway.core.ids import Epoch, KafkaOffset
 from gateway.flows.downstream_ports import (
     DownstreamLog,
     LogBounds,
@@ -40,6 +40,7 @@ class MemoryDownstreamLog:
         self._seq = 0
         self._families = frozenset(snapshot_families)
         self._snapshot: dict[tuple[str, bytes], LogRecord] = {}
+        self._epoch: Epoch | None = None
 
     @property
     def snapshot_families(self) -> frozenset[str]:
@@ -118,6 +119,13 @@ class MemoryDownstreamLog:
 
     async def count(self) -> int:
         return len(self._rows)
+
+    async def epoch(self) -> Epoch | None:
+        return self._epoch
+
+    async def begin_epoch(self, epoch: Epoch) -> None:
+        self._rows, self._bounds, self._snapshot = {}, {}, {}
+        self._epoch = epoch
 
     async def snapshot(
         self, channel: str, *, after_key: bytes | None = None, limit: int = 1000
@@ -253,6 +261,17 @@ async def test_reset_partition_forgets_its_history(dlog: DownstreamLog) -> None:
     assert await dlog.append_batch(fresh, {}) == fresh
     await dlog.reset_partition(ORD, 0, off(10))
     assert await dlog.positions() == {(INV, 0): 4, (INV, 1): 4, (ORD, 0): 10}
+
+
+async def test_begin_epoch_forgets_everything_and_records_the_epoch(dlog: DownstreamLog) -> None:
+    assert await dlog.epoch() is None
+    await dlog.append_batch([rec(INV, 0, o, "inventory:s1", key=b"k") for o in range(3)], {})
+    await dlog.begin_epoch(Epoch("e2"))
+    assert await dlog.epoch() == "e2"
+    assert (await dlog.count(), await dlog.positions()) == (0, {})
+    assert (await dlog.snapshot("inventory:s1")).items == []
+    fresh = [rec(INV, 0, 0, "inventory:s1")]  # offsets start again: a re-created topic
+    assert await dlog.append_batch(fresh, {}) == fresh
 
 
 async def test_prune_removes_an_old_prefix_and_keeps_positions(dlog: DownstreamLog) -> None:
@@ -412,8 +431,10 @@ async def test_sqlite_log_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "downstream.sqlite3"
     records = [rec(INV, 0, o, "c") for o in range(3)]
     async with SqliteDownstreamLog(path) as first:
+        await first.begin_epoch(Epoch("e1"))
         await first.append_batch(records, {(INV, 0): off(4)})
     async with SqliteDownstreamLog(path) as again:
+        assert await again.epoch() == "e1"
         assert await again.positions() == {(INV, 0): 4}
         assert (await again.read(["c"], {}, 10)).records == records
 

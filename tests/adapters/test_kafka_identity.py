@@ -23,7 +23,7 @@ from gateway.core.cursor import derive_epoch
 from gateway.errors import KafkaUnavailable
 from gateway.testing.kafka_broker import KafkaBroker
 from gateway.testing.ports import LOOPBACK, free_port
-from tests.integration.kafka_topics import create_topic
+from tests.integration.kafka_topics import create_topic, delete_topic
 
 pytestmark = pytest.mark.integration
 
@@ -134,21 +134,6 @@ async def id_on_disk(broker: KafkaBroker, topic: str) -> str:
     fields = dict(line.split(": ", 1) for line in path.read_text().splitlines() if ": " in line)
     raw = base64.urlsafe_b64decode(fields["topic_id"].strip() + "==")
     return str(uuid.UUID(bytes=raw))
-
-
-async def delete_topic(bootstrap: str, topic: str) -> None:
-    """Delete a topic and wait (bounded) until metadata no longer lists it: the deletion
-    completes asynchronously, and a topic created before then would clash with it."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([topic])
-        deadline = time.monotonic() + DEADLINE_S
-        while topic in await admin.list_topics():
-            assert time.monotonic() < deadline, f"{topic} still listed after {DEADLINE_S}s"
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
 
 
 async def until_present(bootstrap: str, topics: list[str]) -> HistoryIdentity:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -42,5 +44,20 @@ async def create_topic(bootstrap: str, name: str, partitions: int, **configs: st
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
+    finally:
+        await admin.close()
+
+
+async def delete_topic(bootstrap: str, topic: str, deadline_s: float = 30.0) -> None:
+    """Delete a topic and wait (bounded) until metadata no longer lists it: the deletion
+    completes asynchronously, and a topic created before then would clash with it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+        deadline = time.monotonic() + deadline_s
+        while topic in await admin.list_topics():
+            assert time.monotonic() < deadline, f"{topic} still listed after {deadline_s}s"
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -74,3 +75,58 @@ async def stream(url: str, encoding: str = "json", **kwargs: Any) -> AsyncIterat
     async with connect(ws_url, subprotocols=[SUBPROTOCOLS[encoding]], **kwargs) as ws:  # type: ignore[list-item]
         assert ws.subprotocol == SUBPROTOCOLS[encoding]
         yield StreamClient(ws, encoding)
+
+
+class StalledClient:
+    """A websocket client on a raw socket (websockets' sans-I/O protocol) that reads only
+    when told to: the kernel buffers fill and the server sees a client that does not drain."""
+
+    def __init__(self, url: str, rcvbuf: int = 4096) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.uri import parse_uri
+
+        uri = parse_uri(url.replace("http://", "ws://") + "/v1/stream")
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(30)
+        self.sock.connect((uri.host, uri.port))
+        self.proto = ClientProtocol(uri, subprotocols=[SUBPROTOCOLS["json"]])  # type: ignore[list-item]
+        self.proto.send_request(self.proto.connect())
+        self._flush()
+        while self.proto.handshake_exc is None and not self.proto.events_received():
+            self.proto.receive_data(self.sock.recv(65536))
+        assert self.proto.handshake_exc is None, self.proto.handshake_exc
+
+    def _flush(self) -> None:
+        for data in self.proto.data_to_send():
+            if data:
+                self.sock.sendall(data)
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.proto.send_text(json.dumps(frame).encode())
+        self._flush()
+
+    def read_all(self, limit_s: float = 60.0) -> tuple[list[dict[str, Any]], int | None]:
+        """Read until the server closes: the frames received and the close code."""
+        from websockets.frames import Opcode
+
+        frames: list[dict[str, Any]] = []
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            data = self.sock.recv(65536)
+            if not data:
+                self.proto.receive_eof()
+            else:
+                self.proto.receive_data(data)
+            for event in self.proto.events_received():
+                if event.opcode is Opcode.TEXT:
+                    frames.append(json.loads(event.data))
+                elif event.opcode is Opcode.CLOSE:
+                    close = self.proto.close_rcvd
+                    return frames, close.code if close is not None else None
+            if not data:
+                return frames, None
+        raise TimeoutError("the server did not close the connection")
+
+    def close(self) -> None:
+        self.sock.close()

@@ -4,7 +4,7 @@ cursor, in both encodings."""
 
 from __future__ import annotations
 
-import socket
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,9 @@ from websockets.exceptions import ConnectionClosed
 from gateway.testing.gateway_process import GatewayProcess
 from gateway.testing.kafka_broker import KafkaBroker
 from tests.factories import inventory_updated
-from tests.integration.gateway_client import post_events
+from tests.integration.gateway_client import post_events, wait_streaming
 from tests.integration.kafka_topics import TestTopics
-from tests.integration.stream_client import StreamClient, stream
+from tests.integration.stream_client import StalledClient, StreamClient, stream
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,13 @@ def gateway(
         "stream_send_stall_timeout_s": "2",
     }
     with GatewayProcess(tmp_path_factory.mktemp("gw"), settings=settings) as gw:
+        asyncio.run(streaming(gw))
         yield gw
+
+
+async def streaming(gw: GatewayProcess) -> None:
+    async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
+        await wait_streaming(http, 6)
 
 
 def quantities(updates: list[dict[str, Any]]) -> list[int]:
@@ -220,26 +226,45 @@ async def read_until_closed(
     raise AssertionError("the connection was not closed")
 
 
+async def slow_closes(gw: GatewayProcess, count: int) -> None:
+    async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
+        for _ in range(600):
+            lines = (await http.get("/metrics")).text.splitlines()
+            name = "sync_gateway_stream_slow_consumer_closes_total "
+            value = next(float(x.split()[1]) for x in lines if x.startswith(name))
+            if value >= count:
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError("no slow-consumer close")
+
+
 async def test_stalled_client_is_closed_and_resumes_fast_one_unaffected(
     gateway: GatewayProcess,
 ) -> None:
-    channel, total = "inventory:s-slow", 4000
-    sock = socket.create_connection(("127.0.0.1", gateway.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    async with stream(gateway.url, sock=sock, max_queue=1) as slow, stream(gateway.url) as fast:
-        for client in (slow, fast):
-            await client.subscribe("s", channel)
-            await client.expect("subscribed")
-            await client.expect("live")
-        await publish_many(gateway, "s-slow", total)
-        fast_got, fast_other = await fast.updates("s", total, wait=120)
-        slow_got, code = await read_until_closed(slow, total + 10)
-        cursor = slow.cursors["s"]
+    channel, total = "inventory:s-slow", 6000
+    stalled = StalledClient(gateway.url)
+    try:
+        stalled.send({"type": "subscribe", "sub": "s", "channel": channel, "cursor": None})
+        async with stream(gateway.url) as fast:
+            await fast.subscribe("s", channel)
+            await fast.expect("subscribed")
+            await fast.expect("live")
+            await publish_many(gateway, "s-slow", total)
+            await slow_closes(gateway, 1)  # the stalled one is being closed: now let it read
+            reading = asyncio.create_task(asyncio.to_thread(stalled.read_all))
+            fast_got, fast_other = await fast.updates("s", total, wait=120)
+            frames, code = await reading
+    finally:
+        stalled.close()
     assert quantities(fast_got) == list(range(total))
     assert fast_other == []
     assert code == 4001
+    slow_got = [u for f in frames if f["type"] == "events" for u in f["events"]]
     assert 0 < len(slow_got) < total
     assert quantities(slow_got) == list(range(len(slow_got)))
+    cursor = [f["cursor"] for f in frames if f["type"] == "live"][-1]
+    if slow_got:
+        cursor = slow_got[-1]["cursor"]
     async with stream(gateway.url) as again:
         await again.subscribe("s", channel, cursor)
         rest, _ = await again.updates("s", total - len(slow_got), wait=60)

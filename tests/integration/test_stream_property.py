@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from gateway.testing.gateway_process import GatewayProcess
 from gateway.testing.kafka_broker import KafkaBroker
+from tests.integration.gateway_client import wait_streaming
 from tests.integration.kafka_topics import TestTopics, create_topic
 from tests.integration.stream_client import StreamClient, stream
 
@@ -149,6 +151,8 @@ async def run_schedule(
     with GatewayProcess(tmp_path / f"gw-{seed}", settings=settings) as gw:
         await publisher.producer.start()
         try:
+            async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
+                await wait_streaming(http, 6)
             for device in devices:
                 device.connect(gw.url)
             actions = rng.choices(["publish", "drop", "gateway", "kafka"], [10, 4, 1, 1], k=steps)
