@@ -158,7 +158,7 @@ class Gateway:
         self.history = AiokafkaHistory(config.kafka_bootstrap, config.kafka_request_timeout_ms)
         self.fanout = Fanout(
             self.downstream_log,
-            Epoch("none"),  # until the log's or Kafka's is known
+            None,  # until the log's or Kafka's epoch is known
             now=lambda: self.consumer.positions,
             max_queue=config.stream_queue_max,
             history=self.history,
@@ -180,9 +180,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.downstream_log.open()
-        held = await self.downstream_log.epoch()
-        if held is not None:
-            self.fanout.epoch = held
+        self.fanout.epoch = await self.downstream_log.epoch()
         self.consumer.start()
         await self.store.open()
         backlog = await self.store.backlog()

@@ -52,7 +52,7 @@ from gateway.core.channels import valid_channel
 from gateway.core.codec import MediaType, encode
 from gateway.core.cursor import Cursor, CursorCodec
 from gateway.core.ids import Epoch
-from gateway.errors import GatewayError, InvalidParameter, SnapshotUnavailable
+from gateway.errors import GatewayError, InvalidParameter, SnapshotUnavailable, StoreUnavailable
 from gateway.flows.downstream_ports import DownstreamLog, LogRecord, SnapshotPage
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class SnapshotEndpoint:
         self,
         log: DownstreamLog,
         codec: CursorCodec,
-        epoch: Callable[[], Epoch],
+        epoch: Callable[[], Epoch | None],
         *,
         max_limit: int = 1000,
         retry_after_s: int = 1,
@@ -84,8 +84,11 @@ class SnapshotEndpoint:
     async def handle(self, request: Request) -> Response:
         try:
             channel, after, limit = self._parameters(request)
+            epoch = self._epoch()
+            if epoch is None:  # a new instance that has not reached Kafka yet
+                raise StoreUnavailable("the stream's history is not known yet")
             page = await self._log.snapshot(channel, after_key=after, limit=limit)
-            token = self._codec.encode(Cursor(self._epoch()).advance_many(page.positions))
+            token = self._codec.encode(Cursor(epoch).advance_many(page.positions))
         except GatewayError as exc:
             return error_response(exc, MediaType.JSON, retry_after_s=self._retry_after_s)
         return Response(_answer(channel, page, token), 200, media_type=MediaType.JSON.value)

@@ -328,7 +328,7 @@ class SqliteDownstreamLog:
     async def begin_epoch(self, epoch: Epoch) -> None:
         async with self._transaction("begin epoch") as db:
             for table in ("record_channels", "records", "positions", "snapshot"):
-                await db.execute(f"DELETE FROM {table}")  # noqa: S608 (fixed names)
+                await db.execute(f"DELETE FROM {table}")
             await db.execute(
                 "INSERT INTO meta (name, value) VALUES ('epoch', ?)"
                 " ON CONFLICT (name) DO UPDATE SET value = excluded.value",

@@ -64,6 +64,10 @@ class Update:
     cursor_after: Cursor
 
 
+_UNKNOWN = Epoch("unknown")
+"""Placeholder epoch of a "from now" subscription's cursor until its replay task sets it."""
+
+
 @dataclass(frozen=True, slots=True)
 class CaughtUp:
     """The replay is complete: what follows is live. ``cursor`` is where the client is now
@@ -247,7 +251,7 @@ class Fanout:
     def __init__(
         self,
         downstream_log: DownstreamLog,
-        epoch: Epoch,
+        epoch: Epoch | None,
         *,
         now: Callable[[], Mapping[PartitionKey, KafkaOffset]] | None = None,
         max_queue: int = 1000,
@@ -278,12 +282,13 @@ class Fanout:
         self._by_channel: dict[str, set[Subscription]] = {}
 
     @property
-    def epoch(self) -> Epoch:
-        """The history cursors are issued in (and must match to resume)."""
+    def epoch(self) -> Epoch | None:
+        """The history cursors are issued in (and must match to resume); ``None`` until known,
+        and subscriptions wait until it is."""
         return self._epoch
 
     @epoch.setter
-    def epoch(self, epoch: Epoch) -> None:
+    def epoch(self, epoch: Epoch | None) -> None:
         self._epoch = epoch
         self._replayer.epoch = epoch
 
@@ -297,12 +302,12 @@ class Fanout:
         the event loop; a replay, if any, runs in a task. Raise ValueError for a bad channel."""
         if not valid_channel(channel):
             raise ValueError(f"invalid channel {channel!r:.80}")
-        if cursor is None and self._now is not None:
-            start = cursor_at(self.epoch, self._now())
+        if cursor is None and self._now is not None and self._epoch is not None:
+            start = cursor_at(self._epoch, self._now())
             sub = Subscription(channel, start, self._max, self._detach, self._catch_up)
             sub._caught_up()
         else:
-            start = cursor or Cursor(self.epoch)
+            start = cursor or Cursor(self._epoch or _UNKNOWN)
             sub = Subscription(channel, start, self._max, self._detach, self._catch_up)
             sub.task = asyncio.create_task(self._replayer.run(sub, from_now=cursor is None))
         self._by_channel.setdefault(channel, set()).add(sub)
@@ -343,8 +348,11 @@ class Fanout:
                     sub._reset(f"partition {partition[0]}:{partition[1]} reset: {reason}")
 
     def on_epoch(self, epoch: Epoch) -> None:
-        """A new history: every subscription gets a reset; new cursors carry ``epoch``."""
-        self.epoch = epoch
+        """A new history: every subscription gets a reset; new cursors carry ``epoch``. (When
+        no epoch was known, subscriptions were waiting for one: they just go on.)"""
+        known, self.epoch = self._epoch, epoch
+        if known is None:
+            return
         for subs in list(self._by_channel.values()):
             for sub in list(subs):
                 sub._reset(ResetReason.EPOCH_CHANGED.value)

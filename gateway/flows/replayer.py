@@ -104,7 +104,7 @@ class Replayer:
     def __init__(
         self,
         downstream_log: DownstreamLog,
-        epoch: Epoch,
+        epoch: Epoch | None,
         *,
         history: KafkaHistory | None = None,
         channels: RecordChannels | None = None,
@@ -116,18 +116,41 @@ class Replayer:
         if page_size < 1 or retry_cap_s <= 0:
             raise ValueError("page_size and retry_cap_s must be positive")
         self._log = downstream_log
+        self._epoch_known = asyncio.Event()
+        self._epoch: Epoch | None = None
         self.epoch = epoch
         self._history = history
         self._channels = channels
         self._page = page_size
         self._retry_cap_s = retry_cap_s
 
+    @property
+    def epoch(self) -> Epoch | None:
+        """The history the log holds; ``None`` until known (a new instance that has not reached
+        Kafka yet): replays wait for it rather than judge a cursor against nothing."""
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, epoch: Epoch | None) -> None:
+        self._epoch = epoch
+        if epoch is None:
+            self._epoch_known.clear()
+        else:
+            self._epoch_known.set()
+
     async def run(self, sub: Subscription, *, from_now: bool) -> None:
         """Catch ``sub`` up and make it live, or end it (reset, or failure: disconnect)."""
         try:
+            epoch = self._epoch
+            if epoch is None:
+                sub.state.handle(SubscriptionEvent.WAIT)
+                await self._epoch_known.wait()
+                _resume(sub)
+                epoch = self._epoch
+                assert epoch is not None
             if from_now:
-                sub.cursor = cursor_at(self.epoch, await self._log.positions())
-            elif sub.cursor.epoch != self.epoch:
+                sub.cursor = cursor_at(epoch, await self._log.positions())
+            elif sub.cursor.epoch != epoch:
                 sub._reset(replay.ResetReason.EPOCH_CHANGED.value)
                 return
             await self._catch_up(sub)

@@ -531,3 +531,38 @@ async def test_live_records_overflowing_the_buffer_during_the_last_read_are_read
     assert by_partition(got) == {0: list(range(3, 11))}
     assert got[-1] == CaughtUp(Cursor(EPOCH, {INV: {0: 11}}))
     await fanout.close()
+
+
+async def test_until_the_epoch_is_known_subscriptions_wait_then_replay() -> None:
+    dlog = MemoryDownstreamLog()
+    fanout = Fanout(dlog, None, now=lambda: {(INV, 0): KafkaOffset(3)})
+    await publish(dlog, fanout, [rec(INV, 0, o, S1) for o in range(3)])
+    resuming = fanout.subscribe(S1, Cursor(EPOCH, {INV: {0: 1}}))
+    fresh = fanout.subscribe(S1, None)
+    await settle()
+    assert resuming.phase is SubscriptionPhase.WAITING
+    assert fresh.phase is SubscriptionPhase.WAITING
+    assert (resuming.queued, fresh.queued) == (0, 0)
+    fanout.epoch = EPOCH
+    got = [await resuming.next_item() for _ in range(3)]
+    assert offsets(got) == [(0, 1), (0, 2)]
+    assert got[2] == CaughtUp(Cursor(EPOCH, {INV: {0: 3}}))
+    assert await fresh.next_item() == CaughtUp(Cursor(EPOCH, {INV: {0: 3}}))
+    await fanout.close()
+
+
+async def test_a_new_epoch_resets_subscriptions_of_the_old_one_only() -> None:
+    dlog = MemoryDownstreamLog()
+    waiting = Fanout(dlog, None)
+    early = waiting.subscribe(S1, Cursor(EPOCH))
+    await settle()
+    waiting.on_epoch(EPOCH)  # the first epoch known: nothing to reset
+    assert isinstance(await early.next_item(), CaughtUp)
+    known = Fanout(dlog, EPOCH)
+    sub = known.subscribe(S1, None)
+    await settle()
+    known.on_epoch(Epoch("e2"))
+    assert [await sub.next_item() for _ in range(2)][1] == Reset("epoch_changed")
+    assert known.epoch == "e2"
+    await waiting.close()
+    await known.close()

@@ -326,3 +326,26 @@ async def test_snapshot_then_stream_from_its_cursor(gateway: GatewayProcess) -> 
         got, others = await client.updates("s", 1)
     assert quantities(got) == [100]
     assert others == []
+
+
+async def test_cached_updates_replay_while_kafka_is_down(
+    gateway: GatewayProcess, kafka_broker: KafkaBroker
+) -> None:
+    channel = "inventory:s-down"
+    async with stream(gateway.url) as client:
+        await client.subscribe("a", channel)
+        await client.expect("subscribed")
+        await client.expect("live")
+        await publish(gateway, "s-down", range(6))
+        got, _ = await client.updates("a", 6)
+    kafka_broker.stop()
+    try:
+        async with stream(gateway.url, "msgpack") as client:
+            await client.subscribe("b", channel, got[1]["cursor"])
+            await client.expect("subscribed")
+            replayed, others = await client.updates("b", 4)
+            others.append(await client.recv())
+    finally:
+        kafka_broker.start()
+    assert quantities(replayed) == [2, 3, 4, 5]
+    assert [f["type"] for f in others] == ["live"]
