@@ -163,6 +163,7 @@ class Gateway:
             max_queue=config.stream_queue_max,
             history=self.history,
             channels=self.channels,
+            topics_for=self.channels.topics_for,
         )
         self.consumer.add_listener(self.fanout)
         self.codec = CursorCodec(cursor_key(config))

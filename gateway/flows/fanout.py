@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.core.channels import valid_channel
@@ -107,9 +107,13 @@ class Subscription:
         max_items: int,
         on_close: Callable[[Subscription], None],
         on_fall_behind: Callable[[Subscription], None] = lambda sub: None,
+        topics: frozenset[str] | None = None,
     ) -> None:
         self.channel = channel
-        self.cursor = cursor
+        self.topics = topics
+        """The topics whose records may belong to the channel (``None``: any); the cursor
+        names only these, so history lost elsewhere never resets this subscription."""
+        self.cursor = cursor if topics is None else cursor.restricted_to(topics)
         """Where the client is once it applied everything queued so far."""
         self.state = SubscriptionState()
         self.fell_behind = 0
@@ -259,8 +263,10 @@ class Fanout:
         history: KafkaHistory | None = None,
         channels: RecordChannels | None = None,
         retry_cap_s: float = 10.0,
+        topics_for: Callable[[str], Collection[str]] | None = None,
     ) -> None:
-        """``now`` gives the positions a "from now" subscription starts at (e.g. ``lambda:
+        """``topics_for`` says which topics can hold a channel's records (e.g.
+        ``ChannelMapper.topics_for``): cursors then name those topics only. ``now`` gives the positions a "from now" subscription starts at (e.g. ``lambda:
         consumer.positions``); without it they are read from the log. ``max_queue`` bounds each
         subscription's queue (and its buffer of live records during replay). ``history`` and
         ``channels`` (the downstream consumer's channel mapping), given together, replay cursors
@@ -270,6 +276,7 @@ class Fanout:
             raise ValueError("max_queue must be positive")
         self._epoch = epoch
         self._now = now
+        self._topics_for = topics_for
         self._max = max_queue
         self._replayer = Replayer(
             downstream_log,
@@ -302,13 +309,14 @@ class Fanout:
         the event loop; a replay, if any, runs in a task. Raise ValueError for a bad channel."""
         if not valid_channel(channel):
             raise ValueError(f"invalid channel {channel!r:.80}")
+        topics = None if self._topics_for is None else frozenset(self._topics_for(channel))
         if cursor is None and self._now is not None and self._epoch is not None:
             start = cursor_at(self._epoch, self._now())
-            sub = Subscription(channel, start, self._max, self._detach, self._catch_up)
+            sub = Subscription(channel, start, self._max, self._detach, self._catch_up, topics)
             sub._caught_up()
         else:
             start = cursor or Cursor(self._epoch or _UNKNOWN)
-            sub = Subscription(channel, start, self._max, self._detach, self._catch_up)
+            sub = Subscription(channel, start, self._max, self._detach, self._catch_up, topics)
             sub.task = asyncio.create_task(self._replayer.run(sub, from_now=cursor is None))
         self._by_channel.setdefault(channel, set()).add(sub)
         return sub

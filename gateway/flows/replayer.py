@@ -149,7 +149,7 @@ class Replayer:
                 epoch = self._epoch
                 assert epoch is not None
             if from_now:
-                sub.cursor = cursor_at(epoch, await self._log.positions())
+                sub.cursor = cursor_at(epoch, _of(sub, await self._log.positions()))
             elif sub.cursor.epoch != epoch:
                 sub._reset(replay.ResetReason.EPOCH_CHANGED.value)
                 return
@@ -189,7 +189,7 @@ class Replayer:
     async def _plan(self, sub: Subscription) -> _Plan:
         """Decide every partition; ask Kafka only where its answer can change the decision."""
         named = {(topic, partition) for topic, partition, _ in sub.cursor.entries()}
-        plan = _Plan(sorted(set(await self._log.positions()) | named))
+        plan = _Plan(sorted(set(_of(sub, await self._log.positions())) | named))
         kafka_down = False
         for topic, partition in plan.keys:
             position = sub.cursor.position(topic, partition) or KafkaOffset(0)
@@ -268,7 +268,7 @@ class Replayer:
         page = await self._log.read([sub.channel], after, min(room, self._page))
         moved = {
             key: offset
-            for key, offset in page.positions.items()
+            for key, offset in _of(sub, page.positions).items()
             if key not in plan.waiting and offset != after.get(key, 0)
         }
         for key in moved:  # was anything pruned or reset under the read? then decide again
@@ -281,6 +281,15 @@ class Replayer:
             sub._deliver(record)  # never overflows: limit <= room, and only replay enqueues
         sub.cursor = sub.cursor.advance_many(moved)
         return page.complete
+
+
+def _of(
+    sub: Subscription, positions: Mapping[PartitionKey, KafkaOffset]
+) -> dict[PartitionKey, KafkaOffset]:
+    """The positions in the subscription's topics."""
+    if sub.topics is None:
+        return dict(positions)
+    return {key: offset for key, offset in positions.items() if key[0] in sub.topics}
 
 
 def _resume(sub: Subscription) -> None:

@@ -25,7 +25,7 @@ from gateway.flows.fanout import (
     SubscriptionClosed,
     Update,
 )
-from tests.adapters.test_downstream_log import INV, MemoryDownstreamLog, rec
+from tests.adapters.test_downstream_log import INV, ORD, MemoryDownstreamLog, rec
 
 EPOCH = Epoch("e1")
 S1, S2 = "inventory:s1", "inventory:s2"
@@ -566,3 +566,20 @@ async def test_a_new_epoch_resets_subscriptions_of_the_old_one_only() -> None:
     assert known.epoch == "e2"
     await waiting.close()
     await known.close()
+
+
+async def test_cursors_name_only_the_channels_topics_and_other_resets_pass_by() -> None:
+    dlog = MemoryDownstreamLog()
+    topics = {S1: {INV}, "orders:u1": {ORD}}
+    fanout = Fanout(dlog, EPOCH, topics_for=lambda channel: topics.get(channel, set()))
+    await publish(dlog, fanout, [rec(INV, 0, 0, S1), rec(ORD, 0, 0, "orders:u1")])
+    fresh = fanout.subscribe(S1, None)
+    resumed = fanout.subscribe(S1, Cursor(EPOCH, {INV: {0: 0}, ORD: {0: 1}}))
+    await settle()
+    for sub in (fresh, resumed):
+        assert sub.cursor.topics == {INV}
+    fanout.on_reset((ORD, 0), KafkaOffset(5), "records were deleted")
+    await publish(dlog, fanout, [rec(INV, 0, 1, S1)])
+    assert offsets(drain(fresh)) == [(0, 1)]
+    assert offsets(drain(resumed)) == [(0, 0), (0, 1)]
+    await fanout.close()
