@@ -108,7 +108,7 @@ class StalledClient:
 
     def read_all(self, limit_s: float = 60.0) -> tuple[list[dict[str, Any]], int | None]:
         """Read until the server closes: the frames received and the close code."""
-        from websockets.frames import Opcode
+        from websockets.frames import Frame, Opcode
 
         frames: list[dict[str, Any]] = []
         deadline = time.monotonic() + limit_s
@@ -119,8 +119,9 @@ class StalledClient:
             else:
                 self.proto.receive_data(data)
             for event in self.proto.events_received():
+                assert isinstance(event, Frame)
                 if event.opcode is Opcode.TEXT:
-                    frames.append(json.loads(event.data))
+                    frames.append(json.loads(bytes(event.data)))
                 elif event.opcode is Opcode.CLOSE:
                     close = self.proto.close_rcvd
                     return frames, close.code if close is not None else None

@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from gateway.adapters.kafka_consumer import AiokafkaSource, ConsumerSettings
 from gateway.adapters.sqlite_downstream import SqliteDownstreamLog
 from gateway.core.backoff import Backoff
-from gateway.core.ids import KafkaOffset
+from gateway.core.ids import Epoch, KafkaOffset
 from gateway.flows.downstream import DownstreamConsumer, DownstreamSettings
 from gateway.flows.downstream_ports import LogRecord, PartitionKey
 from gateway.flows.sessions import LinkState
@@ -49,12 +49,16 @@ class Recorder:
 
     records: list[LogRecord] = field(default_factory=list)
     resets: list[tuple[PartitionKey, KafkaOffset, str]] = field(default_factory=list)
+    epochs: list[Epoch] = field(default_factory=list)
 
     def on_records(self, records: Sequence[LogRecord]) -> None:
         self.records.extend(records)
 
     def on_reset(self, partition: PartitionKey, offset: KafkaOffset, reason: str) -> None:
         self.resets.append((partition, offset, reason))
+
+    def on_epoch(self, epoch: Epoch) -> None:
+        self.epochs.append(epoch)
 
 
 @dataclass

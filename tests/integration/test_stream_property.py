@@ -111,6 +111,7 @@ class Publisher:
         for _ in range(count):
             store = rng.choice(STORES)
             self.quantity += 1
+            key = f"{store}:SKU-{self.quantity % 5}"
             envelope = {
                 "event_id": str(uuid.uuid4()),
                 "event_type": "Inventory.Updated",
@@ -118,11 +119,11 @@ class Publisher:
                 "event_time": "2026-11-22T10:00:00Z",
                 "source": "property-test",
                 "correlation_id": "p",
-                "key": f"{store}:SKU-{self.quantity % 5}",
+                "key": key,
                 "payload": {"storeId": store, "sku": "SKU-1", "quantity": self.quantity},
             }
             meta = await self.producer.send_and_wait(
-                self.topic, json.dumps(envelope).encode(), key=envelope["key"].encode()
+                self.topic, json.dumps(envelope).encode(), key=key.encode()
             )
             self.published[f"inventory:{store}"].add((meta.partition, meta.offset))
 
