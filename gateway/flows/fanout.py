@@ -266,8 +266,9 @@ class Fanout:
         topics_for: Callable[[str], Collection[str]] | None = None,
     ) -> None:
         """``topics_for`` says which topics can hold a channel's records (e.g.
-        ``ChannelMapper.topics_for``): cursors then name those topics only. ``now`` gives the positions a "from now" subscription starts at (e.g. ``lambda:
-        consumer.positions``); without it they are read from the log. ``max_queue`` bounds each
+        ``ChannelMapper.topics_for``): cursors then name those topics only. ``now`` gives the
+        positions a "from now" subscription starts at (e.g. ``lambda: consumer.positions``);
+        without it they are read from the log. ``max_queue`` bounds each
         subscription's queue (and its buffer of live records during replay). ``history`` and
         ``channels`` (the downstream consumer's channel mapping), given together, replay cursors
         older than the log from Kafka; ``retry_cap_s`` caps the backoff while Kafka is needed
