@@ -128,7 +128,8 @@ class InvalidCursor(StreamError):
 
     Not retriable: the same token always fails. ``reason`` says why, for logs and error frames
     (``malformed``, ``too_large``, ``unsupported_version``, ``bad_signature``,
-    ``invalid_position``); the client should drop the token and subscribe without one.
+    ``invalid_position``); the client should treat it as a reset: re-snapshot, then stream from
+    the snapshot's cursor.
     """
 
     code = "invalid_cursor"

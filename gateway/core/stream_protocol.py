@@ -78,8 +78,9 @@ class CloseCode(IntEnum):
     """Websocket close codes the gateway sends (``docs/protocol.md`` says what a client does)."""
 
     NORMAL = 1000
-    GOING_AWAY = 1001
-    """The gateway is shutting down: reconnect (to any instance) with the last cursors."""
+    SERVICE_RESTART = 1012
+    """The gateway is shutting down (sent by the websocket layer): reconnect, to any
+    instance, with the last cursors."""
     POLICY_VIOLATION = 1008
     """Too many refused frames: fix the client; do not reconnect in a loop."""
     MESSAGE_TOO_BIG = 1009
@@ -107,7 +108,7 @@ class ErrorCode(StrEnum):
     PUBLISH_REFUSED = "publish_refused"
     """The publish batch was refused as a whole (too many events, malformed): nothing stored."""
     UNAVAILABLE = "unavailable"
-    """Retriable: the gateway cannot serve this now (store down, replay failed); retry later."""
+    """Retriable: the gateway cannot serve this now (e.g. its store is down); retry later."""
 
 
 @dataclass(frozen=True, slots=True)
