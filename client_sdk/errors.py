@@ -15,7 +15,11 @@ itself (with backoff) and never drops an event because of one::
     │   ├── BatchTooLarge            yes  413: the uploader halves the batch and sends again
     │   └── BatchRefused             no   400 / 415 / other 4xx: the request as a whole is wrong
     ├── FlushTimeout (TimeoutError)  yes  flush() ran out of time; what remains stays pending
-    └── ClientClosed                 no   the uploader or blocking client was closed
+    ├── ClientClosed                 no   the uploader or blocking client was closed
+    ├── ProtocolError                no   the stream protocol was broken
+    │   ├── ProtocolViolation        no   the server sent a frame not allowed there
+    │   └── LocalProtocolError       no   (ValueError) the app asked for something not allowed
+    └── StreamClosedByPolicy         no   closed with a code that forbids reconnecting in a loop
 
 Whatever the error, an event acknowledged by ``publish()`` stays in the outbox until the
 gateway has answered for it.
@@ -32,11 +36,15 @@ __all__ = [
     "ConnectionFailed",
     "FlushTimeout",
     "InvalidEvent",
+    "LocalProtocolError",
     "OutboxClosed",
     "OutboxError",
+    "ProtocolError",
+    "ProtocolViolation",
     "SdkError",
     "ServerError",
     "ServiceUnavailable",
+    "StreamClosedByPolicy",
     "UploadError",
 ]
 
@@ -127,3 +135,26 @@ class FlushTimeout(SdkError, TimeoutError):
 
 class ClientClosed(SdkError):
     """The uploader or blocking client was used after ``close()``."""
+
+
+class ProtocolError(SdkError):
+    """The stream protocol was broken (by the server or by the app)."""
+
+
+class ProtocolViolation(ProtocolError):
+    """The server sent a frame the protocol does not allow here (or not a frame at all)."""
+
+
+class LocalProtocolError(ProtocolError, ValueError):
+    """The client asked for something the protocol does not allow; nothing was sent."""
+
+
+class StreamClosedByPolicy(SdkError):
+    """The gateway closed the connection with a code that forbids reconnecting in a loop
+    (``code``, ``reason``, ``retry_after_s``: when trying again makes sense, if ever)."""
+
+    def __init__(self, code: int | None, reason: str, retry_after_s: float | None) -> None:
+        super().__init__(f"closed with {code}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,605 @@
+"""The client side of the sync gateway's stream protocol (``WS /v1/stream``), sans I/O.
+
+``docs/protocol.md`` is the specification; the recorded frame sequences under
+``tests/vectors/`` are replayed against this module from the client's side.
+
+Like python-websockets' protocol objects and h11, a :class:`StreamSession` does no I/O at all:
+no sockets, no asyncio, no clock. The caller moves bytes, the session turns them into typed
+events and keeps the protocol's bookkeeping::
+
+    session = StreamSession("msgpack")              # subprotocol sync-gateway.v1.msgpack
+    ws.send(session.subscribe("s1", "inventory:S1", stored_cursor))
+    for event in session.receive(ws.recv()):        # one websocket message = one frame
+        match event:
+            case Update(): ...                      # apply, then persist event.cursor
+            case Live(): ...                        # persist event.cursor
+            case ResetEvent(): ...                  # drop the cursor, re-snapshot
+    policy = reconnect_policy(close_code)           # after the connection closed
+
+Per subscription the session runs the state machine of the protocol's section 7, written as
+one transition table (:data:`TRANSITIONS`)::
+
+    SUBSCRIBING --subscribed--> REPLAYING --live--> LIVE
+    REPLAYING / LIVE --unsubscribe (sent)--> CLOSING_REPLAYING / CLOSING_LIVE
+    SUBSCRIBING --error--> ended;  any subscribed state --reset | unsubscribed--> ended
+
+A server frame the table does not allow (``events`` for an unknown or ended subscription, a
+second ``live``, a ``subscribed`` nobody asked for, a malformed frame) raises
+:class:`ProtocolViolation`, after which the session is unusable: close the connection and
+start over with a new session. A client call the protocol does not allow (reusing a ``sub`` id
+still in use, an invalid id or channel name) raises :class:`LocalProtocolError` and sends
+nothing.
+
+Direct answers are matched leniently: an ``error`` may name any ``sub`` or ``req`` (or none),
+and a ``pong`` is accepted at any time. An ``ack`` must answer a ``publish`` of this session.
+
+The session also remembers the last cursor received per subscription (:meth:`StreamSession.
+cursor`): the subscribe cursor, then each update's, then the ``live`` one. It is what the
+connection has *received*; persisting a cursor only after its update is applied is the
+caller's job (see :mod:`client_sdk.subscriber`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Final, Literal, TypeAlias
+
+import msgpack
+
+from client_sdk.errors import LocalProtocolError, ProtocolError, ProtocolViolation
+
+__all__ = [
+    "SUBPROTOCOLS",
+    "TRANSITIONS",
+    "Ack",
+    "AckResult",
+    "DontReconnect",
+    "Encoding",
+    "ErrorEvent",
+    "Event",
+    "FrameKind",
+    "Live",
+    "LocalProtocolError",
+    "Pong",
+    "ProtocolError",
+    "ProtocolViolation",
+    "Reconnect",
+    "ReconnectPolicy",
+    "ResetEvent",
+    "StreamSession",
+    "SubState",
+    "Subscribed",
+    "Unsubscribed",
+    "Update",
+    "reconnect_policy",
+]
+
+Encoding: TypeAlias = Literal["json", "msgpack"]
+
+SUBPROTOCOLS: Final[Mapping[str, str]] = {
+    "json": "sync-gateway.v1.json",
+    "msgpack": "sync-gateway.v1.msgpack",
+}
+"""The websocket subprotocol to offer (and to expect echoed) per encoding."""
+
+_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_CHANNEL: Final = re.compile(r"[a-z][a-z0-9_-]{0,63}:[A-Za-z0-9][A-Za-z0-9._~-]{0,127}")
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+# ProtocolViolation and LocalProtocolError live in the SDK's error tree (client_sdk.errors).
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    """The subscribe of ``sub`` was accepted (always the subscription's first frame)."""
+
+    sub: str
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One update of a channel: a Kafka record and the cursor to persist once it is applied."""
+
+    sub: str
+    channel: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    timestamp: int
+    """Kafka record timestamp, milliseconds since the Unix epoch."""
+    data: dict[str, Any] | None
+    """The event envelope (``None``: a tombstone, which does not occur today)."""
+    cursor: str
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """The subscription caught up; persist ``cursor`` once everything before it is applied."""
+
+    sub: str
+    channel: str
+    cursor: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResetEvent:
+    """The history after the subscription's cursor is gone (final frame; re-snapshot)."""
+
+    sub: str
+    channel: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribed:
+    """The subscription ended (final frame). ``reason != "unsubscribed"``: the gateway ended
+    it, and the client should subscribe again with its stored cursor after a backoff."""
+
+    sub: str
+    channel: str
+    reason: str
+
+    @property
+    def by_client(self) -> bool:
+        """True when this answers the client's own ``unsubscribe``."""
+        return self.reason == "unsubscribed"
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    """The outcome of one event of a publish: ``accepted``, ``duplicate`` or ``rejected``."""
+
+    index: int
+    status: str
+    event_id: str | None
+    error: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The answer to ``publish(req, ...)``: one result per event, in the batch's order."""
+
+    req: str
+    results: tuple[AckResult, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """A refused client frame. ``channel`` and ``cursor`` are filled in when the error ended a
+    pending subscribe of this session (for ``invalid_cursor``: the cursor to drop)."""
+
+    code: str
+    message: str
+    sub: str | None
+    req: str | None
+    channel: str | None = None
+    cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The answer to an application ``ping``."""
+
+
+Event: TypeAlias = Subscribed | Update | Live | ResetEvent | Unsubscribed | Ack | ErrorEvent | Pong
+
+
+# -- the subscription state machine ---------------------------------------------------------
+
+
+class SubState(Enum):
+    """Where one subscription is (ended subscriptions are forgotten: their id is free)."""
+
+    SUBSCRIBING = "subscribing"
+    REPLAYING = "replaying"
+    LIVE = "live"
+    CLOSING_REPLAYING = "closing_replaying"
+    CLOSING_LIVE = "closing_live"
+    ENDED = "ended"
+
+
+class FrameKind(Enum):
+    """What moves a subscription: frames the client sends and frames the server sends."""
+
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    SUBSCRIBED = "subscribed"
+    EVENTS = "events"
+    LIVE = "live"
+    RESET = "reset"
+    UNSUBSCRIBED = "unsubscribed"
+    ERROR = "error"
+
+
+_S = SubState
+_K = FrameKind
+TRANSITIONS: Final[Mapping[tuple[SubState, FrameKind], SubState]] = {
+    (_S.ENDED, _K.SUBSCRIBE): _S.SUBSCRIBING,
+    (_S.SUBSCRIBING, _K.SUBSCRIBED): _S.REPLAYING,
+    (_S.SUBSCRIBING, _K.ERROR): _S.ENDED,  # the subscribe was refused
+    (_S.REPLAYING, _K.EVENTS): _S.REPLAYING,
+    (_S.REPLAYING, _K.LIVE): _S.LIVE,
+    (_S.REPLAYING, _K.RESET): _S.ENDED,
+    (_S.REPLAYING, _K.UNSUBSCRIBED): _S.ENDED,
+    (_S.REPLAYING, _K.UNSUBSCRIBE): _S.CLOSING_REPLAYING,
+    (_S.REPLAYING, _K.ERROR): _S.REPLAYING,  # e.g. duplicate_subscription: it goes on
+    (_S.LIVE, _K.EVENTS): _S.LIVE,
+    (_S.LIVE, _K.RESET): _S.ENDED,
+    (_S.LIVE, _K.UNSUBSCRIBED): _S.ENDED,
+    (_S.LIVE, _K.UNSUBSCRIBE): _S.CLOSING_LIVE,
+    (_S.LIVE, _K.ERROR): _S.LIVE,
+    # after an unsubscribe, frames already on their way may still arrive
+    (_S.CLOSING_REPLAYING, _K.EVENTS): _S.CLOSING_REPLAYING,
+    (_S.CLOSING_REPLAYING, _K.LIVE): _S.CLOSING_LIVE,
+    (_S.CLOSING_REPLAYING, _K.RESET): _S.ENDED,
+    (_S.CLOSING_REPLAYING, _K.UNSUBSCRIBED): _S.ENDED,
+    (_S.CLOSING_REPLAYING, _K.ERROR): _S.CLOSING_REPLAYING,
+    (_S.CLOSING_LIVE, _K.EVENTS): _S.CLOSING_LIVE,
+    (_S.CLOSING_LIVE, _K.RESET): _S.ENDED,
+    (_S.CLOSING_LIVE, _K.UNSUBSCRIBED): _S.ENDED,
+    (_S.CLOSING_LIVE, _K.ERROR): _S.CLOSING_LIVE,
+}
+"""Every legal move of a subscription; anything else is illegal. Client moves that are not
+here raise :class:`LocalProtocolError`, server moves :class:`ProtocolViolation`. An ``error``
+naming a subscription the session does not hold is legal and moves nothing."""
+
+
+@dataclass(slots=True)
+class _Subscription:
+    channel: str
+    cursor: str | None
+    state: SubState = SubState.SUBSCRIBING
+
+
+# -- the session ----------------------------------------------------------------------------
+
+
+class StreamSession:
+    """One websocket connection's protocol state, from the client's side.
+
+    ``encoding`` is ``"json"`` (text frames) or ``"msgpack"`` (binary frames); offer
+    ``SUBPROTOCOLS[encoding]`` in the handshake. Methods that build a client frame return it
+    ready to send (``str`` for JSON, ``bytes`` for msgpack); :meth:`receive` parses one server
+    frame into events. A session lives as long as its connection.
+    """
+
+    def __init__(self, encoding: Encoding = "msgpack") -> None:
+        if encoding not in SUBPROTOCOLS:
+            raise ValueError(f"unknown encoding {encoding!r}")
+        self.encoding: Encoding = encoding
+        self._subs: dict[str, _Subscription] = {}
+        self._pending_publishes: Counter[str] = Counter()
+        self._pings = 0
+        self._broken: ProtocolViolation | None = None
+
+    @property
+    def subprotocol(self) -> str:
+        """The websocket subprotocol of this session's encoding."""
+        return SUBPROTOCOLS[self.encoding]
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def state(self, sub: str) -> SubState:
+        """The state of subscription ``sub`` (``ENDED`` for an unknown id)."""
+        held = self._subs.get(sub)
+        return held.state if held is not None else SubState.ENDED
+
+    def channel(self, sub: str) -> str | None:
+        """The channel of subscription ``sub``, while it is held."""
+        held = self._subs.get(sub)
+        return held.channel if held is not None else None
+
+    def cursor(self, sub: str) -> str | None:
+        """The last cursor received for ``sub`` (its subscribe cursor before any update);
+        ``None`` once the subscription ended, or when it started from now and is not live."""
+        held = self._subs.get(sub)
+        return held.cursor if held is not None else None
+
+    @property
+    def subscriptions(self) -> dict[str, SubState]:
+        """The subscriptions held, by id."""
+        return {sub: held.state for sub, held in self._subs.items()}
+
+    @property
+    def pending_publishes(self) -> int:
+        """How many ``publish`` frames still wait for their ``ack`` or ``error``."""
+        return sum(self._pending_publishes.values())
+
+    # -- client frames ----------------------------------------------------------------------
+
+    def subscribe(self, sub: str, channel: str, cursor: str | None = None) -> str | bytes:
+        """A ``subscribe`` frame: follow ``channel`` under id ``sub`` after ``cursor``
+        (``None`` or ``""``: from now). ``sub`` must not be in use on this session."""
+        _check_id("sub", sub)
+        if not isinstance(channel, str) or _CHANNEL.fullmatch(channel) is None:
+            raise LocalProtocolError(f"invalid channel name {channel!r}")
+        if cursor is not None and not isinstance(cursor, str):
+            raise LocalProtocolError("a cursor is a string or None")
+        self._move(sub, FrameKind.SUBSCRIBE, local=True)
+        self._subs[sub] = _Subscription(channel, cursor or None)
+        return self._encode(
+            {"type": "subscribe", "sub": sub, "channel": channel, "cursor": cursor or None}
+        )
+
+    def unsubscribe(self, sub: str) -> str | bytes:
+        """An ``unsubscribe`` frame for a subscription that has been ``subscribed``."""
+        _check_id("sub", sub)
+        self._subs[sub].state = self._move(sub, FrameKind.UNSUBSCRIBE, local=True)
+        return self._encode({"type": "unsubscribe", "sub": sub})
+
+    def publish(self, req: str, events: Sequence[Any]) -> str | bytes:
+        """A ``publish`` frame of event envelopes (validated by the gateway, per event)."""
+        _check_id("req", req)
+        if isinstance(events, str | bytes | Mapping):
+            raise LocalProtocolError("events is a sequence of envelopes")
+        frame = self._encode({"type": "publish", "req": req, "events": list(events)})
+        self._pending_publishes[req] += 1
+        return frame
+
+    def ping(self) -> str | bytes:
+        """An application-level ``ping`` (answered by a ``pong``)."""
+        self._pings += 1
+        return self._encode({"type": "ping"})
+
+    def _encode(self, frame: dict[str, Any]) -> str | bytes:
+        if self.encoding == "json":
+            return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        packed: bytes = msgpack.packb(frame, use_bin_type=True)
+        return packed
+
+    # -- server frames ----------------------------------------------------------------------
+
+    def receive(self, frame: str | bytes) -> list[Event]:
+        """The events of one server frame (one websocket message), in order.
+
+        Raises :class:`ProtocolViolation` for anything the protocol does not allow; the
+        session is unusable afterwards (close the connection, start a new session).
+        """
+        if self._broken is not None:
+            raise ProtocolViolation(f"the session already failed: {self._broken}")
+        try:
+            return self._receive(self._decode(frame))
+        except ProtocolViolation as violation:
+            self._broken = violation
+            raise
+
+    def _decode(self, data: str | bytes) -> dict[str, Any]:
+        decoded: object
+        if self.encoding == "json":
+            if not isinstance(data, str):
+                raise ProtocolViolation("binary frame on the JSON subprotocol")
+            try:
+                decoded = json.loads(data, parse_constant=_refuse_constant)
+            except ValueError as exc:
+                raise ProtocolViolation(f"frame is not JSON: {exc}") from None
+        else:
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise ProtocolViolation("text frame on the msgpack subprotocol")
+            try:
+                decoded = msgpack.unpackb(data, raw=False, strict_map_key=True)
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                raise ProtocolViolation(f"frame is not msgpack: {type(exc).__name__}") from None
+        if not isinstance(decoded, dict) or not isinstance(decoded.get("type"), str):
+            raise ProtocolViolation("a frame must be an object with a 'type'")
+        return decoded
+
+    def _receive(self, frame: dict[str, Any]) -> list[Event]:
+        kind = frame["type"]
+        if kind == "events":
+            return list(self._on_events(frame))
+        if kind == "live":
+            sub = _field(frame, "sub", str)
+            cursor = _field(frame, "cursor", str)
+            held = self._advance(sub, FrameKind.LIVE)
+            held.cursor = cursor
+            return [Live(sub, held.channel, cursor)]
+        if kind == "subscribed":
+            sub = _field(frame, "sub", str)
+            channel = _field(frame, "channel", str)
+            held = self._advance(sub, FrameKind.SUBSCRIBED)
+            if channel != held.channel:
+                raise ProtocolViolation(f"subscribed {sub!r} to {channel!r}, not {held.channel!r}")
+            return [Subscribed(sub, channel)]
+        if kind == "reset":
+            sub = _field(frame, "sub", str)
+            channel = _field(frame, "channel", str)
+            reason = _field(frame, "reason", str)
+            held = self._advance(sub, FrameKind.RESET)
+            if channel != held.channel:
+                raise ProtocolViolation(f"reset of {sub!r} names {channel!r}")
+            return [ResetEvent(sub, held.channel, reason)]
+        if kind == "unsubscribed":
+            sub = _field(frame, "sub", str)
+            reason = _field(frame, "reason", str)
+            held = self._advance(sub, FrameKind.UNSUBSCRIBED)
+            return [Unsubscribed(sub, held.channel, reason)]
+        if kind == "ack":
+            return [self._on_ack(frame)]
+        if kind == "error":
+            return [self._on_error(frame)]
+        if kind == "pong":
+            self._pings = max(0, self._pings - 1)
+            return [Pong()]
+        raise ProtocolViolation(f"unknown server frame type {kind!r}")
+
+    def _on_events(self, frame: dict[str, Any]) -> list[Update]:
+        sub = _field(frame, "sub", str)
+        raw = _field(frame, "events", list)
+        if not raw:
+            raise ProtocolViolation("an events frame carries at least one update")
+        held = self._advance(sub, FrameKind.EVENTS)
+        updates = [_update(sub, held.channel, item) for item in raw]
+        held.cursor = updates[-1].cursor
+        return updates
+
+    def _on_ack(self, frame: dict[str, Any]) -> Ack:
+        req = _field(frame, "req", str)
+        results = _field(frame, "results", list)
+        if self._pending_publishes[req] <= 0:
+            raise ProtocolViolation(f"ack of {req!r}, which no publish is waiting for")
+        self._pending_publishes[req] -= 1
+        if self._pending_publishes[req] == 0:
+            del self._pending_publishes[req]
+        return Ack(req, tuple(_ack_result(r) for r in results))
+
+    def _on_error(self, frame: dict[str, Any]) -> ErrorEvent:
+        code = _field(frame, "code", str)
+        message = _field(frame, "message", str)
+        sub = _optional(frame, "sub", str)
+        req = _optional(frame, "req", str)
+        if req is not None and self._pending_publishes[req] > 0:
+            self._pending_publishes[req] -= 1
+            if self._pending_publishes[req] == 0:
+                del self._pending_publishes[req]
+        held = self._subs.get(sub) if sub is not None else None
+        if sub is None or held is None:
+            return ErrorEvent(code, message, sub, req)
+        self._advance(sub, FrameKind.ERROR)
+        if held.state is SubState.ENDED:
+            # the error refused the pending subscribe: say which channel and cursor it concerned
+            return ErrorEvent(code, message, sub, req, held.channel, held.cursor)
+        return ErrorEvent(code, message, sub, req)
+
+    # -- transitions ------------------------------------------------------------------------
+
+    def _move(self, sub: str, kind: FrameKind, *, local: bool) -> SubState:
+        """The state after ``kind`` for ``sub``, from :data:`TRANSITIONS`, or raise."""
+        current = self.state(sub)
+        target = TRANSITIONS.get((current, kind))
+        if target is None:
+            where = "unknown or ended" if current is SubState.ENDED else current.value
+            message = f"{kind.value} for subscription {sub!r}, which is {where}"
+            raise LocalProtocolError(message) if local else ProtocolViolation(message)
+        return target
+
+    def _advance(self, sub: str, kind: FrameKind) -> _Subscription:
+        """Apply a server frame's move to ``sub``; the subscription (forgotten if it ended)."""
+        target = self._move(sub, kind, local=False)
+        held = self._subs[sub]
+        if target is SubState.ENDED:
+            del self._subs[sub]
+        held.state = target
+        return held
+
+
+# -- frame fields ---------------------------------------------------------------------------
+
+
+def _check_id(name: str, value: object) -> None:
+    if not isinstance(value, str) or _ID.fullmatch(value) is None:
+        raise LocalProtocolError(f"{name!r} must match [A-Za-z0-9._:-]{{1,64}}: {value!r}")
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _field(frame: Mapping[str, Any], name: str, kind: type[Any]) -> Any:
+    value = frame.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolViolation(
+            f"{frame.get('type')!r} frame: {name!r} must be {kind.__name__}, got {value!r:.80}"
+        )
+    return value
+
+
+def _optional(frame: Mapping[str, Any], name: str, kind: type[Any]) -> Any:
+    return None if frame.get(name) is None else _field(frame, name, kind)
+
+
+def _update(sub: str, channel: str, item: object) -> Update:
+    if not isinstance(item, dict):
+        raise ProtocolViolation(f"an update must be an object, got {item!r:.80}")
+    data = item.get("data")
+    if data is not None and not isinstance(data, dict):
+        raise ProtocolViolation("an update's 'data' must be an object or null")
+    if "data" not in item or "key" not in item:
+        raise ProtocolViolation("an update has 'key' and 'data' (maybe null)")
+    return Update(
+        sub=sub,
+        channel=channel,
+        topic=_field(item, "topic", str),
+        partition=_field(item, "partition", int),
+        offset=_field(item, "offset", int),
+        key=_optional(item, "key", str),
+        timestamp=_field(item, "timestamp", int),
+        data=data,
+        cursor=_field(item, "cursor", str),
+    )
+
+
+def _ack_result(item: object) -> AckResult:
+    if not isinstance(item, dict):
+        raise ProtocolViolation(f"an ack result must be an object, got {item!r:.80}")
+    return AckResult(
+        index=_field(item, "index", int),
+        status=_field(item, "status", str),
+        event_id=_optional(item, "event_id", str),
+        error=_optional(item, "error", dict),
+    )
+
+
+# -- reconnecting ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """Reconnect after a backoff delay and resume with the stored cursors.
+
+    ``reset_backoff``: the gateway restarts or goes away on purpose (1001, 1012); start the
+    backoff again from its first, short delay. ``only_when_needed``: reconnect only when there
+    is something to subscribe to or publish (4000 idle, 1000 normal).
+    """
+
+    code: int | None
+    reset_backoff: bool = False
+    only_when_needed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DontReconnect:
+    """Do not loop: the close says the client is at fault. Report it and fix the client.
+
+    ``retry_after_s``: the shortest delay after which a reconnect may be tried at all (1008).
+    """
+
+    code: int | None
+    reason: str
+    retry_after_s: float | None = None
+
+
+ReconnectPolicy: TypeAlias = Reconnect | DontReconnect
+
+
+def reconnect_policy(code: int | None) -> ReconnectPolicy:
+    """What to do after the connection closed with ``code`` (``docs/protocol.md`` §12).
+
+    ``None`` stands for no close code at all (a dropped connection, 1006, or a refused or
+    failed handshake): reconnect with backoff. Unknown codes also reconnect with backoff.
+    """
+    match code:
+        case 1007:
+            return DontReconnect(code, "a text frame was not UTF-8: client bug")
+        case 1008:
+            return DontReconnect(code, "too many refused frames: client bug", retry_after_s=300.0)
+        case 1009:
+            return DontReconnect(code, "a client frame was over the size limit: send smaller")
+        case 1001 | 1012:
+            return Reconnect(code, reset_backoff=True)
+        case 1000 | 4000:
+            return Reconnect(code, only_when_needed=True)
+        case _:
+            return Reconnect(code)
