@@ -357,16 +357,33 @@ class CursorCodec:
     key with the old one as previous, then drop the old one once its cursors have aged out).
     """
 
-    __slots__ = ("_signer", "_verifiers")
+    __slots__ = ("_signer", "_tokens", "_tokens_max", "_verifiers")
 
-    def __init__(self, key: bytes, previous_keys: Iterable[bytes] = ()) -> None:
-        """Prepare the keys; raise :class:`~gateway.errors.ConfigError` for a short key."""
+    def __init__(
+        self, key: bytes, previous_keys: Iterable[bytes] = (), *, cache_size: int = 65536
+    ) -> None:
+        """Prepare the keys; raise :class:`~gateway.errors.ConfigError` for a short key.
+
+        ``cache_size`` bounds the tokens remembered by body: live subscribers of a channel
+        soon share one position per partition, so one token serves many of them."""
         self._signer = _Signer(key)
         self._verifiers = (self._signer, *(_Signer(k) for k in previous_keys))
+        self._tokens: dict[bytes, str] = {}
+        self._tokens_max = cache_size
 
     def encode(self, cursor: Cursor) -> str:
         """The cursor's token: deterministic, URL-safe, at most :data:`MAX_TOKEN_CHARS`."""
-        signed = _VERSION_BYTE + cursor._body()
+        body = cursor._body()
+        token = self._tokens.get(body)
+        if token is None:
+            token = self._sign(body)
+            if len(self._tokens) >= self._tokens_max:
+                self._tokens.clear()  # cheaper than LRU bookkeeping on the hot path
+            self._tokens[body] = token
+        return token
+
+    def _sign(self, body: bytes) -> str:
+        signed = _VERSION_BYTE + body
         raw = signed + self._signer.tag(signed)
         token = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
         if len(token) > MAX_TOKEN_CHARS:

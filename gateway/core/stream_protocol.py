@@ -220,8 +220,9 @@ class FrameWriter:
 
     def __init__(self, encoding: Encoding, cache_size: int = 4096) -> None:
         self.encoding = encoding
-        self._cache: OrderedDict[tuple[str, int, int], object] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int, int, bytes], object] = OrderedDict()
         self._cache_size = cache_size
+        self._json_heads: dict[tuple[str, int, int, bytes], str] = {}
 
     def frame(self, obj: dict[str, object]) -> str | bytes:
         """Any server frame from a plain object."""
@@ -266,9 +267,22 @@ class FrameWriter:
     def events(self, sub: str, updates: Sequence[UpdateView]) -> str | bytes:
         """One ``events`` frame with the updates in order."""
         if self.encoding is Encoding.JSON:
-            items = ",".join(map(_update_json, updates))
+            items = ",".join(map(self._update_json, updates))
             return f'{{"type":"events","sub":{json.dumps(sub)},"events":[{items}]}}'
         return self.frame({"type": "events", "sub": sub, "events": self._objects(updates)})
+
+    def _update_json(self, u: UpdateView) -> str:
+        """:func:`_update_json`, with the part before the cursor built once per record (one
+        record goes to every subscriber of its channel)."""
+        where = (u.topic, u.partition, u.offset, u.value)  # the value too: offsets repeat in
+        head = self._json_heads.get(where)  # a re-created topic (bytes cache their hash)
+        if head is None:
+            full = _update_json(u._replace(cursor=""))
+            head = full[: -len('""}')]
+            if len(self._json_heads) >= self._cache_size:
+                self._json_heads.clear()
+            self._json_heads[where] = head
+        return f'{head}"{u.cursor}"}}'
 
     def changes(
         self,
@@ -316,7 +330,7 @@ class FrameWriter:
     def _parsed(self, u: UpdateView) -> object:
         if not u.value:
             return None
-        where = (u.topic, u.partition, u.offset)
+        where = (u.topic, u.partition, u.offset, u.value)
         cached = self._cache.get(where)
         if cached is None:
             cached = json.loads(u.value)
