@@ -35,7 +35,7 @@ from gateway.core.cursor import Cursor, CursorCodec
 from gateway.core.ids import Epoch
 from gateway.testing.gateway_process import GatewayProcess
 from gateway.testing.kafka_broker import KafkaBroker
-from tests.integration.gateway_client import wait_streaming
+from tests.integration.gateway_client import streaming_gateway
 from tests.integration.kafka_topics import TestTopics
 from tests.integration.test_stream import publish
 
@@ -213,14 +213,8 @@ def gateway(
 ) -> Iterator[GatewayProcess]:
     """One gateway process for this module's tests (one of them kills and restarts it)."""
     settings = topics.settings(kafka_broker.bootstrap)
-    with GatewayProcess(tmp_path_factory.mktemp("gw"), settings=settings) as gw:
-        asyncio.run(streaming(gw))
+    with streaming_gateway(tmp_path_factory.mktemp("gw"), settings) as gw:
         yield gw
-
-
-async def streaming(gw: GatewayProcess) -> None:
-    async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
-        await wait_streaming(http, 6)
 
 
 async def eventually(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+from gateway.testing.gateway_process import GatewayProcess
 
 
 async def post_events(http: httpx.AsyncClient, events: list[dict[str, Any]]) -> httpx.Response:
@@ -42,3 +47,17 @@ async def wait_streaming(http: httpx.AsyncClient, partitions: int, timeout_s: fl
             return
         await asyncio.sleep(0.1)
     raise TimeoutError(f"downstream not streaming in {timeout_s}s: {status}")
+
+
+@contextlib.contextmanager
+def streaming_gateway(data_dir: Path, settings: dict[str, str]) -> Iterator[GatewayProcess]:
+    """A gateway process whose downstream consumer is up on both streamed topics (3
+    partitions each) before it is handed out."""
+    with GatewayProcess(data_dir, settings=settings) as gw:
+        asyncio.run(_streaming(gw))
+        yield gw
+
+
+async def _streaming(gw: GatewayProcess) -> None:
+    async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
+        await wait_streaming(http, 6)

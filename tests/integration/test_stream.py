@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from gateway.testing.gateway_process import GatewayProcess
 from gateway.testing.kafka_broker import KafkaBroker
 from tests.factories import inventory_updated
-from tests.integration.gateway_client import post_events, wait_streaming
+from tests.integration.gateway_client import post_events, streaming_gateway
 from tests.integration.kafka_topics import TestTopics
 from tests.integration.stream_client import StalledClient, StreamClient, stream
 
@@ -36,14 +36,8 @@ def gateway(
         "stream_queue_max": "200",
         "stream_send_stall_timeout_s": "2",
     }
-    with GatewayProcess(tmp_path_factory.mktemp("gw"), settings=settings) as gw:
-        asyncio.run(streaming(gw))
+    with streaming_gateway(tmp_path_factory.mktemp("gw"), settings) as gw:
         yield gw
-
-
-async def streaming(gw: GatewayProcess) -> None:
-    async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
-        await wait_streaming(http, 6)
 
 
 def quantities(updates: list[dict[str, Any]]) -> list[int]:
