@@ -43,7 +43,7 @@ async def main(url: str, workdir: Path, total: int) -> int:
             )
             if quantity % 50 == 0:  # paced: the test kills the app while it publishes
                 up.notify()
-                await asyncio.sleep(0.4)
+                await asyncio.sleep(0.6)
         up.notify()
         for _ in range(6000):  # bounded: 10 minutes
             with store.transaction() as db:
