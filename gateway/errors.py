@@ -9,6 +9,9 @@
     │   ├── UnsupportedMediaType    415: neither application/json nor application/msgpack
     │   ├── InvalidParameter        400: a query parameter is missing or malformed
     │   └── SnapshotUnavailable     404: the channel's family keeps no snapshot
+    ├── AuthError                 a request refused by authentication or authorization
+    │   ├── Unauthorized            401: no token, or not a valid one (never quoted in errors)
+    │   └── Forbidden               403: a valid token that does not allow this
     ├── StoreError
     │   ├── StoreUnavailable        retriable: disk full, I/O error, closing (503 + Retry-After)
     │   └── StoreCorrupt            not retriable: the database fails its integrity check
@@ -76,6 +79,35 @@ class SnapshotUnavailable(RequestError):
 
     status = 404
     code = "snapshot_unavailable"
+
+
+class AuthError(GatewayError):
+    """A request refused by authentication or authorization.
+
+    ``reason`` is short and machine-readable (``missing_token``, ``expired``, ``bad_claims``,
+    ...); it and the message never contain the token itself.
+    """
+
+    status: ClassVar[int] = 401
+    code: ClassVar[str] = "unauthorized"
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        super().__init__(message if message is not None else reason)
+        self.reason = reason
+
+
+class Unauthorized(AuthError):
+    """401: no token, or a token that is not valid (signature, time, audience, claims)."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(AuthError):
+    """403: a valid token that does not allow this (another tenant, channel or event type)."""
+
+    status = 403
+    code = "forbidden"
 
 
 class StoreError(GatewayError):
