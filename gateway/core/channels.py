@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from gateway.core.codec import refuse_json_constant
 from gateway.core.ids import Channel
 from gateway.errors import ConfigError
 
@@ -54,10 +55,6 @@ _TOPIC: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _PLACEHOLDER: Final = re.compile(r"\{([^{}]*)\}")
 _SEPARATORS: Final = re.compile(r"[,;\n]")
 _ALPHABET: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~-")
-
-
-def _refuse_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")  # NaN and Infinity: a stream frame must stay JSON
 
 
 def valid_channel(name: object) -> bool:
@@ -248,7 +245,7 @@ class ChannelMapper:
         if not value.startswith(b"{"):  # no BOM, no other encoding: it is embedded as it is
             return []
         try:
-            envelope = json.loads(value, parse_constant=_refuse_constant)
+            envelope = json.loads(value, parse_constant=refuse_json_constant)
         except (ValueError, RecursionError):
             return []
         return self._channels(rules, envelope)

@@ -51,14 +51,16 @@ def preferred_media_type(accept: str | None, default: MediaType) -> MediaType:
     return default
 
 
-def _refuse_constant(name: str) -> NoReturn:
+def refuse_json_constant(name: str) -> NoReturn:
+    """``parse_constant`` for ``json.loads``: NaN and Infinity are not JSON (Python accepts
+    them); refusing them keeps every value the gateway passes on, or embeds, standard JSON."""
     raise ValueError(f"{name} is not valid JSON")
 
 
 def decode(data: bytes, media: MediaType) -> object:
     if media is MediaType.JSON:
         try:
-            return json.loads(data, parse_constant=_refuse_constant)
+            return json.loads(data, parse_constant=refuse_json_constant)
         except (ValueError, RecursionError) as exc:
             raise MalformedBody(f"body is not valid JSON: {exc}") from None
     try:

@@ -46,6 +46,7 @@ from typing import Final, NamedTuple
 
 import msgpack
 
+from gateway.core.codec import refuse_json_constant
 from gateway.errors import FrameError
 
 SUBPROTOCOL_JSON: Final = "sync-gateway.v1.json"
@@ -138,16 +139,12 @@ class Ping:
 Command = Subscribe | Unsubscribe | Publish | Ping
 
 
-def _refuse_constant(name: str) -> object:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _decode(data: str | bytes, encoding: Encoding) -> object:
     if encoding is Encoding.JSON:
         if not isinstance(data, str):
             raise FrameError(ErrorCode.MALFORMED_FRAME, "binary frame on the JSON subprotocol")
         try:
-            return json.loads(data, parse_constant=_refuse_constant)
+            return json.loads(data, parse_constant=refuse_json_constant)
         except (ValueError, RecursionError) as exc:
             raise FrameError(ErrorCode.MALFORMED_FRAME, f"frame is not JSON: {exc}") from None
     if not isinstance(data, bytes):
