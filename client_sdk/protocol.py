@@ -52,6 +52,19 @@ from typing import Any, Final, Literal, TypeAlias
 import msgpack
 
 from client_sdk.errors import LocalProtocolError, ProtocolError, ProtocolViolation
+from client_sdk.events import (
+    Ack,
+    AckResult,
+    ErrorEvent,
+    Event,
+    Live,
+    Pong,
+    ResetEvent,
+    Subscribed,
+    Unsubscribed,
+    Update,
+)
+from client_sdk.reconnect import DontReconnect, Reconnect, ReconnectPolicy, reconnect_policy
 
 __all__ = [
     "SUBPROTOCOLS",
@@ -95,106 +108,6 @@ _CHANNEL: Final = re.compile(r"[a-z][a-z0-9_-]{0,63}:[A-Za-z0-9][A-Za-z0-9._~-]{
 
 
 # ProtocolViolation and LocalProtocolError live in the SDK's error tree (client_sdk.errors).
-
-
-# -- events ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Subscribed:
-    """The subscribe of ``sub`` was accepted (always the subscription's first frame)."""
-
-    sub: str
-    channel: str
-
-
-@dataclass(frozen=True, slots=True)
-class Update:
-    """One update of a channel: a Kafka record and the cursor to persist once it is applied."""
-
-    sub: str
-    channel: str
-    topic: str
-    partition: int
-    offset: int
-    key: str | None
-    timestamp: int
-    """Kafka record timestamp, milliseconds since the Unix epoch."""
-    data: dict[str, Any] | None
-    """The event envelope (``None``: a tombstone, which does not occur today)."""
-    cursor: str
-
-
-@dataclass(frozen=True, slots=True)
-class Live:
-    """The subscription caught up; persist ``cursor`` once everything before it is applied."""
-
-    sub: str
-    channel: str
-    cursor: str
-
-
-@dataclass(frozen=True, slots=True)
-class ResetEvent:
-    """The history after the subscription's cursor is gone (final frame; re-snapshot)."""
-
-    sub: str
-    channel: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Unsubscribed:
-    """The subscription ended (final frame). ``reason != "unsubscribed"``: the gateway ended
-    it, and the client should subscribe again with its stored cursor after a backoff."""
-
-    sub: str
-    channel: str
-    reason: str
-
-    @property
-    def by_client(self) -> bool:
-        """True when this answers the client's own ``unsubscribe``."""
-        return self.reason == "unsubscribed"
-
-
-@dataclass(frozen=True, slots=True)
-class AckResult:
-    """The outcome of one event of a publish: ``accepted``, ``duplicate`` or ``rejected``."""
-
-    index: int
-    status: str
-    event_id: str | None
-    error: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """The answer to ``publish(req, ...)``: one result per event, in the batch's order."""
-
-    req: str
-    results: tuple[AckResult, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorEvent:
-    """A refused client frame. ``channel`` and ``cursor`` are filled in when the error ended a
-    pending subscribe of this session (for ``invalid_cursor``: the cursor to drop)."""
-
-    code: str
-    message: str
-    sub: str | None
-    req: str | None
-    channel: str | None = None
-    cursor: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Pong:
-    """The answer to an application ``ping``."""
-
-
-Event: TypeAlias = Subscribed | Update | Live | ResetEvent | Unsubscribed | Ack | ErrorEvent | Pong
 
 
 # -- the subscription state machine ---------------------------------------------------------
@@ -550,56 +463,3 @@ def _ack_result(item: object) -> AckResult:
         event_id=_optional(item, "event_id", str),
         error=_optional(item, "error", dict),
     )
-
-
-# -- reconnecting ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Reconnect:
-    """Reconnect after a backoff delay and resume with the stored cursors.
-
-    ``reset_backoff``: the gateway restarts or goes away on purpose (1001, 1012); start the
-    backoff again from its first, short delay. ``only_when_needed``: reconnect only when there
-    is something to subscribe to or publish (4000 idle, 1000 normal).
-    """
-
-    code: int | None
-    reset_backoff: bool = False
-    only_when_needed: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class DontReconnect:
-    """Do not loop: the close says the client is at fault. Report it and fix the client.
-
-    ``retry_after_s``: the shortest delay after which a reconnect may be tried at all (1008).
-    """
-
-    code: int | None
-    reason: str
-    retry_after_s: float | None = None
-
-
-ReconnectPolicy: TypeAlias = Reconnect | DontReconnect
-
-
-def reconnect_policy(code: int | None) -> ReconnectPolicy:
-    """What to do after the connection closed with ``code`` (``docs/protocol.md`` §12).
-
-    ``None`` stands for no close code at all (a dropped connection, 1006, or a refused or
-    failed handshake): reconnect with backoff. Unknown codes also reconnect with backoff.
-    """
-    match code:
-        case 1007:
-            return DontReconnect(code, "a text frame was not UTF-8: client bug")
-        case 1008:
-            return DontReconnect(code, "too many refused frames: client bug", retry_after_s=300.0)
-        case 1009:
-            return DontReconnect(code, "a client frame was over the size limit: send smaller")
-        case 1001 | 1012:
-            return Reconnect(code, reset_backoff=True)
-        case 1000 | 4000:
-            return Reconnect(code, only_when_needed=True)
-        case _:
-            return Reconnect(code)
