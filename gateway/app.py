@@ -9,19 +9,29 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, Final
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from gateway.adapters.http_auth import (
+    Authenticate,
+    AuthMiddleware,
+    EdgeSettings,
+    insecure_authenticate,
+)
 from gateway.adapters.http_changes import ChangesEndpoint, ChangesSettings
 from gateway.adapters.http_ingest import IngestEndpoint
 from gateway.adapters.http_ops import healthz, metrics_endpoint, openapi, readyz_endpoint
 from gateway.adapters.http_snapshot import SnapshotEndpoint
+from gateway.adapters.jwt_auth import JwtSettings, JwtVerifier
 from gateway.adapters.kafka_consumer import AiokafkaSource, ConsumerSettings
 from gateway.adapters.kafka_history import AiokafkaHistory
 from gateway.adapters.kafka_identity import fetch_history_identity
 from gateway.adapters.kafka_producer import AiokafkaPublisher, KafkaSettings
+from gateway.adapters.redis_limits import RedisRateLimiter
 from gateway.adapters.sqlite_downstream import SqliteDownstreamLog
 from gateway.adapters.sqlite_store import SqliteEventStore
 from gateway.adapters.ws_stream import StreamEndpoint, StreamSettings
@@ -30,6 +40,7 @@ from gateway.core.channels import ChannelMapper
 from gateway.core.cursor import MIN_KEY_BYTES, CursorCodec, derive_epoch
 from gateway.core.ids import Epoch, InstanceId
 from gateway.core.ingest import IngestLimits
+from gateway.core.rate_limit import LocalRateLimiter, RateLimit, RateLimiter
 from gateway.core.routing import TopicRouter
 from gateway.core.schemas import SchemaRegistry
 from gateway.errors import ConfigError, StoreError
@@ -37,6 +48,7 @@ from gateway.flows.downstream import DownstreamConsumer, DownstreamSettings
 from gateway.flows.fanout import Fanout
 from gateway.flows.forwarder import Forwarder, ForwarderSettings
 from gateway.flows.ingest import IngestFlow
+from gateway.flows.limits import SubjectLimits
 from gateway.flows.sessions import LinkState
 from gateway.metrics import GatewayMetrics
 
@@ -79,11 +91,80 @@ def cursor_key(config: GatewayConfig) -> bytes:
     return path.read_bytes().strip()
 
 
+INSECURE_BANNER: Final = """
+************************************************************************************
+*  INSECURE: sync-gateway runs WITHOUT AUTHENTICATION (insecure_no_auth).           *
+*  Anyone who reaches this port may read every channel and publish any event.       *
+*  For development only. Configure SYNC_GATEWAY_JWT_ALGORITHMS and a key instead.   *
+************************************************************************************"""
+
+
+def jwt_settings(config: GatewayConfig) -> JwtSettings:
+    """The token verification settings of ``config`` (which must configure algorithms)."""
+    public_key = config.jwt_public_key
+    if public_key is not None and not public_key.lstrip().startswith("-----BEGIN"):
+        try:
+            public_key = Path(public_key).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"JWT: cannot read the public key file {public_key}") from exc
+    return JwtSettings(
+        algorithms=tuple(config.jwt_algorithms),
+        secret=config.jwt_secret.get_secret_value() if config.jwt_secret is not None else None,
+        public_key=public_key,
+        jwks_path=config.jwks,
+        audience=config.jwt_audience,
+        issuer=config.jwt_issuer,
+        leeway_s=config.jwt_leeway_s,
+        tenant=config.tenant,
+    )
+
+
+def authenticator(config: GatewayConfig) -> Authenticate:
+    """How callers are authenticated; refuses a configuration without authentication unless
+    ``insecure_no_auth`` asks for it explicitly."""
+    if config.auth_configured:
+        if config.insecure_no_auth:
+            raise ConfigError("insecure_no_auth contradicts the JWT settings: choose one")
+        verifier = JwtVerifier(jwt_settings(config))
+        return lambda token: verifier.verify(token or "")
+    if not config.insecure_no_auth:
+        raise ConfigError(
+            "no authentication configured: set SYNC_GATEWAY_JWT_ALGORITHMS with "
+            "SYNC_GATEWAY_JWT_SECRET, SYNC_GATEWAY_JWT_PUBLIC_KEY or SYNC_GATEWAY_JWKS; "
+            "or pass --insecure-no-auth (development only)"
+        )
+    log.warning(INSECURE_BANNER)
+    return insecure_authenticate
+
+
+def _limiter(per_s: float, burst: int, kind: str, redis_url: str | None) -> RateLimiter | None:
+    if per_s <= 0:
+        return None
+    limit = RateLimit(rate=per_s, burst=burst)
+    if redis_url is None:
+        return LocalRateLimiter(limit)
+    return RedisRateLimiter(redis_url, limit, prefix=f"sync-gateway:{kind}:")
+
+
+def subject_limits(config: GatewayConfig) -> SubjectLimits:
+    """Per-subject buckets: shared by the fleet through Redis when ``redis_url`` is set
+    (each instance falls back to its own buckets while Redis is down), else local."""
+    url = config.redis_url
+    return SubjectLimits(
+        requests=_limiter(
+            config.rate_limit_requests_per_s, config.rate_limit_requests_burst, "req", url
+        ),
+        events=_limiter(config.rate_limit_events_per_s, config.rate_limit_events_burst, "ev", url),
+    )
+
+
 class Gateway:
     """The running parts of one gateway instance."""
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
+        self.authenticate = authenticator(config)
+        self.limits = subject_limits(config)
         self.metrics = GatewayMetrics()
         self.schemas = SchemaRegistry.load(config.schema_dir)
         router = TopicRouter(config.topic_routes)
@@ -97,11 +178,12 @@ class Gateway:
         self.ingest = IngestFlow(
             store=self.store,
             checker=self.schemas,
-            limits=IngestLimits(
+            ingest_limits=IngestLimits(
                 max_batch_events=config.max_batch_events,
                 max_event_bytes=config.max_event_bytes,
             ),
             metrics=self.metrics,
+            limits=self.limits,
         )
         instance = InstanceId(config.instance_id)
         self.publisher = AiokafkaPublisher(
@@ -208,6 +290,7 @@ class Gateway:
         await self.fanout.close()
         await self.history.close()
         await self.downstream_log.close()
+        await self.limits.close()
 
     async def status(self) -> tuple[bool, dict[str, Any]]:
         """Readiness (store usable) and what an operator wants to see."""
@@ -237,6 +320,7 @@ class Gateway:
             self.ingest,
             max_body_bytes=self.config.max_body_bytes,
             retry_after_s=self.config.store_retry_after_s,
+            body_timeout_s=self.config.body_timeout_s,
         )
         stream = StreamEndpoint(
             self.fanout,
@@ -247,7 +331,9 @@ class Gateway:
                 max_subscriptions=self.config.stream_max_subscriptions,
                 idle_timeout_s=self.config.stream_idle_timeout_s,
                 send_stall_timeout_s=self.config.stream_send_stall_timeout_s,
+                token_grace_s=self.config.jwt_leeway_s,
             ),
+            self.limits,
         )
         changes = ChangesEndpoint(
             self.fanout,
@@ -272,6 +358,25 @@ class Gateway:
             Route("/openapi.json", openapi, methods=["GET"]),
         ]
 
+    def middleware(self) -> list[Middleware]:
+        public = {"/healthz", "/readyz"}
+        if self.config.public_metrics:
+            public |= {"/metrics", "/openapi.json"}
+        refusals = self.metrics.auth_refusals
+        return [
+            Middleware(
+                AuthMiddleware,
+                authenticate=self.authenticate,
+                limits=self.limits,
+                settings=EdgeSettings(
+                    public_paths=frozenset(public),
+                    allowed_origins=frozenset(self.config.allowed_origins),
+                    max_connections_per_subject=self.config.max_connections_per_subject,
+                ),
+                on_refused=lambda reason: refusals.labels(reason).inc(),
+            )
+        ]
+
 
 def build_app(config: GatewayConfig) -> Starlette:
     gateway = Gateway(config)
@@ -287,6 +392,6 @@ def build_app(config: GatewayConfig) -> Starlette:
         finally:
             await gateway.stop()
 
-    app = Starlette(routes=gateway.routes(), lifespan=lifespan)
+    app = Starlette(routes=gateway.routes(), lifespan=lifespan, middleware=gateway.middleware())
     app.state.gateway = gateway
     return app

@@ -5,6 +5,9 @@ sync-gateway serve [--port 8081 ...]     run the gateway (every setting is a fla
 sync-gateway status [--url URL]          backlog, oldest unforwarded age, Kafka link, DLQ
 sync-gateway dlq list                    quarantined events with their reasons
 sync-gateway dlq replay [ID ...|--all]   forward quarantined events again
+sync-gateway token --sub ID [--channel P ...] [--publish P ...] [--ttl S]
+                                         mint a signed token from the configured JWT key
+                                         (development and tests)
 """
 
 from __future__ import annotations
@@ -18,15 +21,18 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.core.ids import EventId
+from gateway.errors import ConfigError
 
 
 def _serve(args: Sequence[str]) -> int:
     import uvicorn
 
+    from gateway.adapters.http_server import uvicorn_config
     from gateway.app import build_app
 
     config = GatewayConfig(_cli_parse_args=list(args), _cli_prog_name="sync-gateway serve")
@@ -34,22 +40,40 @@ def _serve(args: Sequence[str]) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(config),
-            host=config.host,
-            port=config.port,
-            loop="uvloop",
-            http="httptools",
-            ws="websockets-sansio",
-            ws_ping_interval=config.ws_ping_interval_s,
-            ws_ping_timeout=config.ws_ping_timeout_s,
-            ws_max_size=config.ws_max_frame_bytes,
-            log_level=config.log_level.lower(),
-            timeout_graceful_shutdown=10,
+    try:
+        app = build_app(config)
+    except ConfigError as exc:
+        print(f"sync-gateway serve: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.Server(uvicorn_config(app, config)).run()
+    return 0
+
+
+def _token(ns: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.adapters.jwt_auth import mint
+    from gateway.app import jwt_settings
+
+    if not config.auth_configured:
+        print(
+            "sync-gateway token: no JWT settings configured (SYNC_GATEWAY_JWT_*)", file=sys.stderr
         )
-    )
-    server.run()
+        return 2
+    private_key = ns.private_key.read_text(encoding="utf-8") if ns.private_key else None
+    try:
+        token = mint(
+            jwt_settings(config),
+            ns.sub,
+            channels=ns.channel,
+            publish=ns.publish,
+            ttl_s=ns.ttl,
+            tenant=ns.tenant,
+            private_key=private_key,
+            kid=ns.kid,
+        )
+    except ConfigError as exc:
+        print(f"sync-gateway token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
     return 0
 
 
@@ -126,12 +150,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     dlq.add_argument("action", choices=["list", "replay"])
     dlq.add_argument("event_ids", nargs="*", help="event ids to replay")
     dlq.add_argument("--all", action="store_true", help="replay all / list replayed too")
+    token = commands.add_parser("token", help="mint a signed token (development, tests)")
+    token.add_argument("--sub", required=True, help="subject: the user or device id")
+    token.add_argument(
+        "--channel", action="append", default=[], help="channel pattern, e.g. orders:{sub}"
+    )
+    token.add_argument(
+        "--publish", action="append", default=[], help="event type pattern, e.g. Order.*"
+    )
+    token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
+    token.add_argument("--tenant", help="tenant claim (default: the configured tenant)")
+    token.add_argument("--kid", help="key id header (for JWKS verifiers)")
+    token.add_argument("--private-key", type=Path, help="PEM private key file (RS*/ES* algorithms)")
     ns = parser.parse_args(argv)
     if ns.command == "serve":
         return _serve(ns.args)
     config = GatewayConfig()
     if ns.command == "status":
         return _status(ns, config)
+    if ns.command == "token":
+        return _token(ns, config)
     return asyncio.run(_dlq(ns, config))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.core.channels import DEFAULT_CHANNEL_RULES_SPEC
@@ -75,6 +75,56 @@ class GatewayConfig(BaseSettings):
         DEFAULT_STORE_RETRY_AFTER_S, gt=0, description="Retry-After sent when the store refuses."
     )
     log_level: str = Field("info", description="Log level of the gateway's loggers.")
+
+    # -- authentication, authorization and limits (DESIGN.md guarantee 6) --
+    jwt_algorithms: list[str] = Field(
+        default_factory=list,
+        description='Algorithms tokens may use, e.g. ["HS256"] or ["RS256"] (never taken '
+        "from the token). Empty: no authentication, which serve refuses without insecure_no_auth.",
+    )
+    jwt_secret: SecretStr | None = Field(None, description="HS* shared secret (>= 32 bytes).")
+    jwt_public_key: str | None = Field(
+        None, description="RS*/ES* public key: PEM text, or the path of a PEM file."
+    )
+    jwks: Path | None = Field(None, description="RS*/ES* keys as a JWKS file (kid picks the key).")
+    jwt_audience: str | None = Field(None, description="Required `aud` claim.")
+    jwt_issuer: str | None = Field(None, description="Required `iss` claim.")
+    jwt_leeway_s: float = Field(30.0, ge=0, le=300, description="Clock leeway for exp/nbf.")
+    tenant: str | None = Field(
+        None, description="This gateway's tenant: tokens must carry the same `tenant` claim."
+    )
+    insecure_no_auth: bool = Field(
+        False,
+        description="Development only: serve without authentication (every caller may read and "
+        "write everything). Announced loudly at start-up.",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (exact match) whose browser pages may open websockets; a handshake "
+        "with any other Origin header is refused. Clients that send no Origin are not affected.",
+    )
+    public_metrics: bool = Field(
+        False, description="Serve GET /metrics and /openapi.json without a token."
+    )
+    handshake_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection must send its request headers within this (slowloris).",
+    )
+    body_timeout_s: float = Field(30.0, gt=0, description="A request body must arrive within this.")
+    max_connections_per_subject: int = Field(
+        16, gt=0, description="Websocket connections one token subject may hold (429 above)."
+    )
+    rate_limit_requests_per_s: float = Field(
+        50.0, ge=0, description="Per subject: HTTP requests + websocket frames per second (0: off)."
+    )
+    rate_limit_requests_burst: int = Field(200, gt=0, description="Burst of the request bucket.")
+    rate_limit_events_per_s: float = Field(
+        1000.0, ge=0, description="Per subject: published events per second (0: off)."
+    )
+    rate_limit_events_burst: int = Field(
+        5000, gt=0, description="Burst of the event bucket (at least max_batch_events)."
+    )
 
     # -- forwarding to Kafka --
     topic_routes: dict[str, str] = Field(
@@ -149,6 +199,22 @@ class GatewayConfig(BaseSettings):
     crash_point: str | None = Field(
         None, description="Testing only: exit abruptly at this named point of the forwarder."
     )
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> GatewayConfig:
+        if (
+            self.rate_limit_events_per_s > 0
+            and self.rate_limit_events_burst < self.max_batch_events
+        ):
+            raise ValueError(
+                "rate_limit_events_burst must be at least max_batch_events, or a full batch "
+                "could never be admitted"
+            )
+        return self
+
+    @property
+    def auth_configured(self) -> bool:
+        return bool(self.jwt_algorithms)
 
     @property
     def store_path(self) -> Path:

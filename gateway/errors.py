@@ -5,10 +5,12 @@
     ├── RequestError              the client's request is refused as a whole; nothing is acked
     │   ├── MalformedBody           400: body is not valid JSON / msgpack, or not {"events": [...]}
     │   ├── BodyTooLarge            413: body over max_body_bytes (refused before it is read whole)
+    │   ├── BodyTimeout             408: the body did not arrive within body_timeout_s
     │   ├── BatchTooLarge           413: more events than max_batch_events
     │   ├── UnsupportedMediaType    415: neither application/json nor application/msgpack
     │   ├── InvalidParameter        400: a query parameter is missing or malformed
-    │   └── SnapshotUnavailable     404: the channel's family keeps no snapshot
+    │   ├── SnapshotUnavailable     404: the channel's family keeps no snapshot
+    │   └── RateLimited             429 + Retry-After, retriable: over the subject's rate limit
     ├── AuthError                 a request refused by authentication or authorization
     │   ├── Unauthorized            401: no token, or not a valid one (never quoted in errors)
     │   └── Forbidden               403: a valid token that does not allow this
@@ -57,6 +59,11 @@ class BodyTooLarge(RequestError):
     code = "body_too_large"
 
 
+class BodyTimeout(RequestError):
+    status = 408
+    code = "body_timeout"
+
+
 class BatchTooLarge(RequestError):
     status = 413
     code = "batch_too_large"
@@ -79,6 +86,18 @@ class SnapshotUnavailable(RequestError):
 
     status = 404
     code = "snapshot_unavailable"
+
+
+class RateLimited(RequestError):
+    """429: the caller is over its rate limit; ``retry_after_s`` says when to try again."""
+
+    status = 429
+    code = "rate_limited"
+    retriable = True
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class AuthError(GatewayError):

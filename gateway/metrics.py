@@ -126,6 +126,13 @@ class GatewayMetrics:
             ["code"],
             registry=r,
         )
+        self.auth_refusals = Counter(
+            "sync_gateway_auth_refusals",
+            "Requests and handshakes refused at the edge, by reason (expired, bad_signature, "
+            "origin_not_allowed, rate_limited, ...).",
+            ["reason"],
+            registry=r,
+        )
         self.downstream_lag = Gauge(
             "sync_gateway_downstream_consumer_lag",
             "Committed records in the update topics not yet in the downstream log.",

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.adapters.http_auth import principal_of
+from gateway.adapters.http_errors import error_response
 from gateway.adapters.ws_stream import check_channel, decode_cursor, reset_label, update_view
 from gateway.core.codec import MediaType, encode, preferred_media_type
 from gateway.core.cursor import CursorCodec
 from gateway.core.stream_protocol import Encoding, ErrorCode, FrameWriter, UpdateView
-from gateway.errors import FrameError
+from gateway.errors import AuthError, FrameError
 from gateway.flows.fanout import CaughtUp, Fanout, Reset, Subscription, SubscriptionClosed, Update
 from gateway.metrics import GatewayMetrics
 
@@ -71,9 +73,13 @@ class ChangesEndpoint:
     async def handle(self, request: Request) -> Response:
         media = preferred_media_type(request.headers.get("accept"), MediaType.JSON)
         try:
+            principal = principal_of(request.scope)
             channel, token, wait_s, limit = self._parameters(request)
             check_channel(channel)
+            principal.require_subscribe(channel)
             cursor = decode_cursor(self._codec, token)
+        except AuthError as exc:
+            return error_response(exc, media, retry_after_s=1)
         except FrameError as exc:
             self._metrics.stream_frame_errors.labels(exc.error_code).inc()
             body = {"error": {"code": exc.error_code, "message": str(exc), "retriable": False}}

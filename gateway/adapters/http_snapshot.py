@@ -47,7 +47,8 @@ from typing import Final
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.adapters.http_ingest import error_response
+from gateway.adapters.http_auth import principal_of
+from gateway.adapters.http_errors import error_response
 from gateway.core.channels import valid_channel
 from gateway.core.codec import MediaType, encode
 from gateway.core.cursor import Cursor, CursorCodec
@@ -83,7 +84,9 @@ class SnapshotEndpoint:
 
     async def handle(self, request: Request) -> Response:
         try:
+            principal = principal_of(request.scope)
             channel, after, limit = self._parameters(request)
+            principal.require_subscribe(channel)
             epoch = self._epoch()
             if epoch is None:  # a new instance that has not reached Kafka yet
                 raise StoreUnavailable("the stream's history is not known yet")

@@ -19,11 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from gateway.adapters.http_auth import principal_of
+from gateway.core.authz import Principal
 from gateway.core.channels import valid_channel
 from gateway.core.cursor import Cursor, CursorCodec
 from gateway.core.replay import ResetReason
@@ -40,7 +44,14 @@ from gateway.core.stream_protocol import (
     choose_subprotocol,
     parse_frame,
 )
-from gateway.errors import FrameError, GatewayError, InvalidCursor, RequestError
+from gateway.errors import (
+    AuthError,
+    FrameError,
+    GatewayError,
+    InvalidCursor,
+    RateLimited,
+    RequestError,
+)
 from gateway.flows.fanout import (
     KAFKA_REPLAY_MISSING,
     CaughtUp,
@@ -51,6 +62,7 @@ from gateway.flows.fanout import (
     Update,
 )
 from gateway.flows.ingest import IngestFlow
+from gateway.flows.limits import UNLIMITED, SubjectLimits
 from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -72,6 +84,8 @@ class StreamSettings:
     close_timeout_s: float = 30.0
     """How long a close frame may wait for a client that does not read (then the connection
     is dropped without one)."""
+    token_grace_s: float = 0.0
+    """A connection is closed (4003) this long after its token's ``exp``."""
 
 
 def update_view(update: Update, codec: CursorCodec) -> UpdateView:
@@ -105,6 +119,14 @@ def check_channel(channel: str, *, sub: str | None = None) -> None:
         raise FrameError(ErrorCode.INVALID_CHANNEL, f"invalid channel {channel!r:.80}", sub=sub)
 
 
+def rate_limited_frame(
+    exc: RateLimited, *, sub: str | None = None, req: str | None = None
+) -> FrameError:
+    return FrameError(
+        ErrorCode.RATE_LIMITED, f"{exc}: retry after {exc.retry_after_s:.3f}s", sub=sub, req=req
+    )
+
+
 _RESET_CODES = frozenset({*(r.value for r in ResetReason), KAFKA_REPLAY_MISSING})
 
 
@@ -127,29 +149,43 @@ class StreamEndpoint:
         ingest: IngestFlow,
         metrics: GatewayMetrics,
         settings: StreamSettings | None = None,
+        limits: SubjectLimits = UNLIMITED,
     ) -> None:
         self.fanout = fanout
         self.codec = codec
         self.ingest = ingest
         self.metrics = metrics
         self.settings = settings or StreamSettings()
+        self.limits = limits
         self.writers = {encoding: FrameWriter(encoding) for encoding in Encoding}
 
     async def handle(self, websocket: WebSocket) -> None:
+        try:
+            principal = principal_of(websocket.scope)
+        except AuthError:
+            await websocket.close(int(CloseCode.POLICY_VIOLATION))  # before accept: HTTP 403
+            return
         name, encoding = choose_subprotocol(websocket.scope.get("subprotocols", []))
         await websocket.accept(subprotocol=name)
         self.metrics.stream_connections.inc()
         try:
-            await _Connection(self, websocket, self.writers[encoding]).run()
+            await _Connection(self, websocket, self.writers[encoding], principal).run()
         finally:
             self.metrics.stream_connections.dec()
 
 
 class _Connection:
-    def __init__(self, endpoint: StreamEndpoint, websocket: WebSocket, writer: FrameWriter):
+    def __init__(
+        self,
+        endpoint: StreamEndpoint,
+        websocket: WebSocket,
+        writer: FrameWriter,
+        principal: Principal,
+    ):
         self._e = endpoint
         self._ws = websocket
         self._writer = writer
+        self._principal = principal
         self._subs: dict[str, Subscription] = {}
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._errors = 0
@@ -159,11 +195,13 @@ class _Connection:
     async def run(self) -> None:
         reader = asyncio.create_task(self._read_loop())
         finished = asyncio.create_task(self._finished.wait())
+        expiry = asyncio.create_task(self._expire())
         try:
             await asyncio.wait({reader, finished}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             reader.cancel()
             finished.cancel()
+            expiry.cancel()
             for sub in list(self._subs.values()):
                 self._e.fanout.unsubscribe(sub)
             pumps = list(self._pumps.values())
@@ -177,6 +215,13 @@ class _Connection:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self._e.settings.close_timeout_s):
                     await self._ws.close(int(code), reason)
+
+    async def _expire(self) -> None:
+        expires_at = self._principal.expires_at
+        if expires_at is None or not math.isfinite(expires_at):
+            return
+        await asyncio.sleep(max(0.0, expires_at + self._e.settings.token_grace_s - time.time()))
+        self._finish(CloseCode.TOKEN_EXPIRED, "token expired: reconnect with a fresh token")
 
     def _finish(self, code: CloseCode, reason: str) -> None:
         if self._close is None:
@@ -227,6 +272,11 @@ class _Connection:
     async def _on_frame(self, data: str | bytes) -> None:
         try:
             command = parse_frame(data, self._writer.encoding)
+            try:
+                await self._e.limits.check_request(self._principal)
+            except RateLimited as exc:
+                sub, req = getattr(command, "sub", None), getattr(command, "req", None)
+                raise rate_limited_frame(exc, sub=sub, req=req) from None
             if isinstance(command, Subscribe):
                 await self._subscribe(command)
             elif isinstance(command, Unsubscribe):
@@ -260,6 +310,10 @@ class _Connection:
                 sub=command.sub,
             )
         check_channel(command.channel, sub=command.sub)
+        if not self._principal.may_subscribe(command.channel):
+            raise FrameError(
+                ErrorCode.FORBIDDEN, "the token does not allow this channel", sub=command.sub
+            )
         cursor = decode_cursor(self._e.codec, command.cursor, sub=command.sub)
         sub = self._e.fanout.subscribe(command.channel, cursor)
         if cursor is not None:
@@ -270,7 +324,9 @@ class _Connection:
 
     async def _publish(self, command: Publish) -> None:
         try:
-            results = await self._e.ingest.ingest({"events": command.events})
+            results = await self._e.ingest.ingest({"events": command.events}, self._principal)
+        except RateLimited as exc:
+            raise rate_limited_frame(exc, req=command.req) from None
         except RequestError as exc:
             raise FrameError(ErrorCode.PUBLISH_REFUSED, str(exc), req=command.req) from None
         except GatewayError as exc:

@@ -8,7 +8,7 @@ A batch is ``{"events": [envelope, ...]}``. Shape errors of the whole batch rais
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -109,10 +109,21 @@ def extract_events(body: object, limits: IngestLimits) -> list[object]:
     return events
 
 
+MayPublish = Callable[[str, str], bool]
+"""Whether the caller may publish an event of this ``(event_type, source)``."""
+
+
 def plan_batch(
-    raw_events: Sequence[object], checker: PayloadChecker, limits: IngestLimits
+    raw_events: Sequence[object],
+    checker: PayloadChecker,
+    limits: IngestLimits,
+    may_publish: MayPublish | None = None,
 ) -> BatchPlan:
-    """Validate every event; keep the first valid occurrence of each id for the store."""
+    """Validate every event; keep the first valid occurrence of each id for the store.
+
+    With ``may_publish``, an event the caller may not publish is rejected with
+    ``publish_forbidden`` before its payload is looked at.
+    """
     plan = BatchPlan(results=[None] * len(raw_events))
     seen: set[EventId] = set()
     for index, raw in enumerate(raw_events):
@@ -121,6 +132,13 @@ def plan_batch(
             plan.results[index] = EventResult(index, Status.REJECTED, _raw_id(raw), outcome)
             continue
         parsed, encoded = outcome
+        if may_publish is not None and not may_publish(parsed.event_type, parsed.source):
+            rejection: Rejection | None = Rejection(
+                RejectCode.PUBLISH_FORBIDDEN,
+                "the token does not allow publishing this event type from this source",
+            )
+            plan.results[index] = EventResult(index, Status.REJECTED, parsed.event_id, rejection)
+            continue
         rejection = checker.check(parsed.event_type, parsed.event_version, parsed.payload)
         storable = StorableEvent.from_envelope(parsed, encoded) if rejection is None else None
         if storable is not None and len(storable.value) > limits.max_event_bytes:

@@ -22,6 +22,8 @@ class RejectCode(StrEnum):
     """The payload does not conform to the schema of its type and version."""
     EVENT_TOO_LARGE = "event_too_large"
     """The encoded event exceeds the configured per-event size limit."""
+    PUBLISH_FORBIDDEN = "publish_forbidden"
+    """The caller's token does not allow this event type, or ``source`` is not its subject."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,6 +92,8 @@ class CloseCode(IntEnum):
     SLOW_CONSUMER = 4001
     """The client did not read fast enough and its send queue filled: reconnect, resume from
     the last cursor it persisted."""
+    TOKEN_EXPIRED = 4003
+    """The connection's token expired: reconnect with a fresh token, resume from the cursors."""
 
 
 class ErrorCode(StrEnum):
@@ -106,6 +108,11 @@ class ErrorCode(StrEnum):
     DUPLICATE_SUBSCRIPTION = "duplicate_subscription"
     UNKNOWN_SUBSCRIPTION = "unknown_subscription"
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    FORBIDDEN = "forbidden"
+    """The connection's token does not allow this channel."""
+    RATE_LIMITED = "rate_limited"
+    """Retriable: over the token subject's rate limit; slow down (the message says for how
+    long). Counts against the error budget."""
     PUBLISH_REFUSED = "publish_refused"
     """The publish batch was refused as a whole (too many events, malformed): nothing stored."""
     UNAVAILABLE = "unavailable"

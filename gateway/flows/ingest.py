@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from gateway.core.authz import Principal
 from gateway.core.ingest import (
     EventResult,
     IngestLimits,
@@ -18,6 +19,7 @@ from gateway.core.ingest import (
     plan_batch,
 )
 from gateway.errors import RequestError, StoreError
+from gateway.flows.limits import UNLIMITED, SubjectLimits
 from gateway.flows.ports import EventStore
 from gateway.metrics import GatewayMetrics
 
@@ -26,11 +28,15 @@ from gateway.metrics import GatewayMetrics
 class IngestFlow:
     store: EventStore
     checker: PayloadChecker
-    limits: IngestLimits
+    ingest_limits: IngestLimits
     metrics: GatewayMetrics
+    limits: SubjectLimits = UNLIMITED
 
-    async def ingest(self, body: object) -> list[EventResult]:
+    async def ingest(self, body: object, principal: Principal) -> list[EventResult]:
         """Results for every event of ``body``, once all accepted ones are durable.
+
+        Events ``principal`` may not publish are rejected (``publish_forbidden``); a batch
+        over the principal's event rate is refused as a whole (``RateLimited``).
 
         Raises :class:`~gateway.errors.RequestError` when the batch is refused as a whole and
         :class:`~gateway.errors.StoreError` when the store cannot commit; in both cases
@@ -38,7 +44,14 @@ class IngestFlow:
         """
         started = time.perf_counter()
         try:
-            plan = plan_batch(extract_events(body, self.limits), self.checker, self.limits)
+            events = extract_events(body, self.ingest_limits)
+            await self.limits.check_events(principal, len(events))
+            plan = plan_batch(
+                events,
+                self.checker,
+                self.ingest_limits,
+                None if principal.unrestricted else principal.may_publish,
+            )
         except RequestError as exc:
             self.metrics.requests_refused.labels(exc.code).inc()
             raise

@@ -43,13 +43,18 @@ class GatewayProcess(ServerProcess):
         return self._proc is not None and self._proc.poll() is None
 
     def environment(self) -> dict[str, str]:
+        """The child's environment. Without ``jwt_algorithms`` in the settings the gateway runs
+        with ``insecure_no_auth`` (tests of other concerns than authentication)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("SYNC_GATEWAY_")}
+        settings = dict(self.settings)
+        if "jwt_algorithms" not in settings:
+            settings.setdefault("insecure_no_auth", "true")
         env.update(
             {
                 "SYNC_GATEWAY_HOST": "127.0.0.1",
                 "SYNC_GATEWAY_PORT": str(self.port),
                 "SYNC_GATEWAY_DATA_DIR": str(self.data_dir),
-                **{f"SYNC_GATEWAY_{k.upper()}": v for k, v in self.settings.items()},
+                **{f"SYNC_GATEWAY_{k.upper()}": v for k, v in settings.items()},
             }
         )
         return env

@@ -22,6 +22,7 @@ from gateway.adapters.sqlite_downstream import SqliteDownstreamLog
 from gateway.core.cursor import Cursor, CursorCodec
 from gateway.core.ids import Epoch, KafkaOffset
 from gateway.flows.downstream_ports import LogRecord, PartitionKey
+from gateway.testing.edge import INSECURE_EDGE
 
 INV, ORD = "inventory.events", "order.events"
 CODEC = CursorCodec(b"snapshot-test-key-0123456789")
@@ -49,7 +50,7 @@ class Served:
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
     async with SqliteDownstreamLog(tmp_path / "downstream.sqlite3") as log:
         endpoint = SnapshotEndpoint(log, CODEC, lambda: EPOCH, max_limit=50, retry_after_s=7)
-        app = Starlette(routes=[Route("/v1/snapshot", endpoint.handle)])
+        app = Starlette(routes=[Route("/v1/snapshot", endpoint.handle)], middleware=INSECURE_EDGE)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             yield Served(client, log)

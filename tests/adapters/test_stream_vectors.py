@@ -46,6 +46,7 @@ from gateway.flows.downstream_ports import LogRecord
 from gateway.flows.fanout import Fanout
 from gateway.flows.ingest import IngestFlow
 from gateway.metrics import GatewayMetrics
+from gateway.testing.edge import INSECURE_EDGE
 from tests.adapters.test_downstream_log import MemoryDownstreamLog
 
 VECTORS = Path(__file__).parents[1] / "vectors"
@@ -112,7 +113,7 @@ async def serve(setup: Mapping[str, Any]) -> AsyncIterator[Gateway]:
     ingest = IngestFlow(
         store=store,
         checker=SCHEMAS,
-        limits=IngestLimits(
+        ingest_limits=IngestLimits(
             max_batch_events=setup.get("max_batch_events", 1000),
             max_event_bytes=setup.get("max_event_bytes", 256 * 1024),
         ),
@@ -125,7 +126,9 @@ async def serve(setup: Mapping[str, Any]) -> AsyncIterator[Gateway]:
         metrics,
         StreamSettings(**setup.get("stream", {})),
     )
-    app = Starlette(routes=[WebSocketRoute("/v1/stream", endpoint.handle)])
+    app = Starlette(
+        routes=[WebSocketRoute("/v1/stream", endpoint.handle)], middleware=INSECURE_EDGE
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
