@@ -31,6 +31,7 @@ from gateway.adapters.kafka_consumer import AiokafkaSource, ConsumerSettings
 from gateway.adapters.kafka_history import AiokafkaHistory
 from gateway.adapters.kafka_identity import fetch_history_identity
 from gateway.adapters.kafka_producer import AiokafkaPublisher, KafkaSettings
+from gateway.adapters.redis_dedup import RedisFleetDedup
 from gateway.adapters.redis_limits import RedisRateLimiter
 from gateway.adapters.sqlite_downstream import SqliteDownstreamLog
 from gateway.adapters.sqlite_store import SqliteEventStore
@@ -49,6 +50,7 @@ from gateway.flows.fanout import Fanout
 from gateway.flows.forwarder import Forwarder, ForwarderSettings
 from gateway.flows.ingest import IngestFlow
 from gateway.flows.limits import SubjectLimits
+from gateway.flows.ports import FleetDedup
 from gateway.flows.sessions import LinkState
 from gateway.metrics import GatewayMetrics
 
@@ -166,6 +168,14 @@ class Gateway:
         self.authenticate = authenticator(config)
         self.limits = subject_limits(config)
         self.metrics = GatewayMetrics()
+        self.fleet: FleetDedup | None = None
+        if config.redis_url is not None:
+            self.fleet = RedisFleetDedup(
+                config.redis_url,
+                config.instance_id,
+                window_s=config.retention_s,
+                pending_ttl_s=config.fleet_pending_ttl_s,
+            )
         self.schemas = SchemaRegistry.load(config.schema_dir)
         router = TopicRouter(config.topic_routes)
         router.check_covers(self.schemas.event_types)
@@ -184,6 +194,7 @@ class Gateway:
             ),
             metrics=self.metrics,
             limits=self.limits,
+            fleet=self.fleet,
         )
         instance = InstanceId(config.instance_id)
         self.publisher = AiokafkaPublisher(
@@ -291,6 +302,8 @@ class Gateway:
         await self.history.close()
         await self.downstream_log.close()
         await self.limits.close()
+        if self.fleet is not None:
+            await self.fleet.close()
 
     async def status(self) -> tuple[bool, dict[str, Any]]:
         """Readiness (store usable) and what an operator wants to see."""

@@ -48,12 +48,20 @@ class GatewayConfig(BaseSettings):
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="Directory of the local SQLite store.")
     kafka_bootstrap: str = Field(DEFAULT_KAFKA_BOOTSTRAP, description="Kafka bootstrap servers.")
     redis_url: str | None = Field(
-        None, description="Redis URL for fleet-wide dedup; unset means a single instance."
+        None,
+        description="Redis URL for fleet-wide dedup and shared rate limits; unset means a "
+        "single instance.",
+    )
+    fleet_pending_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        description="With Redis: how long another instance waits on this one's claim of an "
+        "event it is storing (longer than any store commit).",
     )
     instance_id: str = Field(
         default_factory=socket.gethostname,
         min_length=1,
-        max_length=200,
+        max_length=64,
         description="Stable id of this instance (names its Kafka transactional id).",
     )
     schema_dir: Path = Field(

@@ -10,7 +10,9 @@
     │   ├── UnsupportedMediaType    415: neither application/json nor application/msgpack
     │   ├── InvalidParameter        400: a query parameter is missing or malformed
     │   ├── SnapshotUnavailable     404: the channel's family keeps no snapshot
-    │   └── RateLimited             429 + Retry-After, retriable: over the subject's rate limit
+    │   ├── RateLimited             429 + Retry-After, retriable: over the subject's rate limit
+    │   └── InFlightElsewhere       503 + Retry-After, retriable: another instance of the fleet
+    │                               is storing one of the batch's events right now
     ├── AuthError                 a request refused by authentication or authorization
     │   ├── Unauthorized            401: no token, or not a valid one (never quoted in errors)
     │   └── Forbidden               403: a valid token that does not allow this
@@ -25,6 +27,8 @@
     │   ├── InvalidCursor           not retriable: garbage, forged or out-of-bounds cursor token
     │   ├── FrameError              a client frame refused (malformed, unknown type, bad field)
     │   └── IllegalTransition       a bug: a subscription's state machine refuses an event
+    ├── FleetError
+    │   └── FleetDedupUnavailable   retriable: Redis does not answer; go on with local dedup
     ├── SchemaRegistryError       a schema file or directory is malformed (at start-up)
     └── ConfigError               the configuration cannot work
 
@@ -98,6 +102,17 @@ class RateLimited(RequestError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class InFlightElsewhere(RequestError):
+    """503: another instance of the fleet holds a pending claim on an event of the batch (it
+    is storing it now); retry shortly and the event is ``duplicate`` or, if that instance
+    failed, accepted here."""
+
+    status = 503
+    code = "in_flight_elsewhere"
+    retriable = True
+    retry_after_s = 1
 
 
 class AuthError(GatewayError):
@@ -210,6 +225,16 @@ class IllegalTransition(StreamError):
     """An event a subscription's state machine does not allow in its current state (a bug)."""
 
     code = "illegal_transition"
+
+
+class FleetError(GatewayError):
+    """The fleet's shared state (Redis) cannot be used."""
+
+
+class FleetDedupUnavailable(FleetError):
+    """Redis could not answer (down, slow, refusing): go on with local dedup only."""
+
+    retriable = True
 
 
 class SchemaRegistryError(GatewayError):

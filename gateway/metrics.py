@@ -126,6 +126,22 @@ class GatewayMetrics:
             ["code"],
             registry=r,
         )
+        self.fleet_duplicates = Counter(
+            "sync_gateway_fleet_duplicates",
+            "Events answered duplicate because another instance of the fleet committed them.",
+            registry=r,
+        )
+        self.fleet_conflicts = Counter(
+            "sync_gateway_fleet_conflicts",
+            "Events this instance committed that another instance also holds (a cross-instance "
+            "duplicate happened; see the README's bound).",
+            registry=r,
+        )
+        self.fleet_unavailable = Counter(
+            "sync_gateway_fleet_dedup_unavailable",
+            "Fleet dedup calls that Redis did not answer (local dedup only for that batch).",
+            registry=r,
+        )
         self.auth_refusals = Counter(
             "sync_gateway_auth_refusals",
             "Requests and handshakes refused at the edge, by reason (expired, bad_signature, "

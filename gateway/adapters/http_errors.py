@@ -8,7 +8,14 @@ import math
 from starlette.responses import Response
 
 from gateway.core.codec import MediaType, encode
-from gateway.errors import AuthError, GatewayError, RateLimited, RequestError, StoreError
+from gateway.errors import (
+    AuthError,
+    GatewayError,
+    InFlightElsewhere,
+    RateLimited,
+    RequestError,
+    StoreError,
+)
 
 REALM = "sync-gateway"
 
@@ -29,7 +36,7 @@ def error_response(exc: GatewayError, media: MediaType, *, retry_after_s: int) -
             headers["WWW-Authenticate"] = f'Bearer realm="{REALM}"{attrs}'
     elif isinstance(exc, RequestError):
         status, code = exc.status, exc.code
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited | InFlightElsewhere):
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     elif isinstance(exc, StoreError) and exc.retriable:
         status, code = 503, "store_unavailable"

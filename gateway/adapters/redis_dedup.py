@@ -66,7 +66,6 @@ Sentinel-managed one suffices.
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -77,7 +76,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from gateway.adapters.redis_limits import DEFAULT_PREFIX, bounded_key, check_prefix, redis_client
-from gateway.errors import GatewayError
+from gateway.core.ingest import Claim
+from gateway.errors import FleetDedupUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -130,23 +130,6 @@ for _, key in ipairs(KEYS) do
 end
 return n
 """
-
-
-class FleetDedupUnavailable(GatewayError):
-    """Redis could not answer (down, slow, refusing): go on with local dedup only."""
-
-    retriable = True
-
-
-class Claim(enum.Enum):
-    """What the fleet says about one event id (see the module doc for what to do)."""
-
-    OURS = "ours"
-    """Newly claimed by this instance, or already held by it: the local store decides."""
-    COMMITTED_ELSEWHERE = "committed_elsewhere"
-    """Another instance committed it within the window: answer ``duplicate``."""
-    PENDING_ELSEWHERE = "pending_elsewhere"
-    """Another instance is storing it right now: the client should retry shortly."""
 
 
 class RedisFleetDedup:

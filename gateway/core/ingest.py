@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Protocol
 
 from gateway.core.envelope import Envelope, parse_envelope
 from gateway.core.ids import EventId
 from gateway.core.rejections import RejectCode, Rejection
-from gateway.errors import BatchTooLarge, MalformedBody
+from gateway.errors import BatchTooLarge, InFlightElsewhere, MalformedBody
 
 
 class PayloadChecker(Protocol):
@@ -25,6 +25,17 @@ class PayloadChecker(Protocol):
     def check(
         self, event_type: str, version: int, payload: Mapping[str, object]
     ) -> Rejection | None: ...
+
+
+class Claim(Enum):
+    """What the fleet (other gateway instances) says about one event id of a batch."""
+
+    OURS = "ours"
+    """Newly claimed by this instance, or already held by it: the local store decides."""
+    COMMITTED_ELSEWHERE = "committed_elsewhere"
+    """Another instance committed it within the dedup window: answer ``duplicate``."""
+    PENDING_ELSEWHERE = "pending_elsewhere"
+    """Another instance is storing it right now: the client should retry shortly."""
 
 
 class Status(StrEnum):
@@ -155,6 +166,22 @@ def plan_batch(
             plan.to_store.append(storable)
             plan.slots.append(index)
     return plan
+
+
+def apply_fleet_claims(plan: BatchPlan, claims: Mapping[str, Claim]) -> BatchPlan:
+    """The plan once the fleet has spoken: events another instance committed become
+    ``duplicate`` and leave the store's share. Raises :class:`InFlightElsewhere` if another
+    instance is storing one of them right now (the whole batch is retried shortly)."""
+    if any(claims.get(e.event_id) is Claim.PENDING_ELSEWHERE for e in plan.to_store):
+        raise InFlightElsewhere("another gateway instance is storing an event of this batch")
+    kept = BatchPlan(results=list(plan.results))
+    for slot, event in zip(plan.slots, plan.to_store, strict=True):
+        if claims.get(event.event_id) is Claim.COMMITTED_ELSEWHERE:
+            kept.results[slot] = EventResult(slot, Status.DUPLICATE, event.event_id)
+        else:
+            kept.to_store.append(event)
+            kept.slots.append(slot)
+    return kept
 
 
 def finish_batch(plan: BatchPlan, stored: Sequence[bool]) -> list[EventResult]:

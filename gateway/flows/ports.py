@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from gateway.core.ids import EventId, LocalSeq
-from gateway.core.ingest import StorableEvent
+from gateway.core.ingest import Claim, StorableEvent
 from gateway.core.records import Backlog, OutRecord, QuarantineEntry, StoredEvent
 
 
@@ -89,3 +89,25 @@ class KafkaPublisher(Protocol):
     def max_record_bytes(self) -> int:
         """Largest record the publisher will attempt; larger ones go to the dead letters."""
         ...
+
+
+class FleetDedup(Protocol):
+    """Dedup of event ids across the gateway instances of a fleet (Redis).
+
+    Every method raises :class:`~gateway.errors.FleetDedupUnavailable` when the shared state
+    cannot be reached; the ingest flow then relies on its local store alone.
+    """
+
+    async def claim(self, ids: Sequence[str]) -> dict[str, Claim]:
+        """Claim ``ids`` as pending for this instance; what the fleet says of each."""
+        ...
+
+    async def confirm(self, ids: Sequence[str]) -> list[str]:
+        """Mark ``ids`` committed by this instance; the ids another instance holds."""
+        ...
+
+    async def release(self, ids: Sequence[str]) -> int:
+        """Drop this instance's pending claims on ``ids`` (its store did not commit)."""
+        ...
+
+    async def close(self) -> None: ...

@@ -4,14 +4,16 @@ import pytest
 
 from gateway.core.ingest import (
     BatchPlan,
+    Claim,
     IngestLimits,
     Status,
+    apply_fleet_claims,
     extract_events,
     finish_batch,
     plan_batch,
 )
 from gateway.core.rejections import RejectCode, Rejection
-from gateway.errors import BatchTooLarge, MalformedBody
+from gateway.errors import BatchTooLarge, InFlightElsewhere, MalformedBody
 from tests.factories import order_placed
 
 LIMITS = IngestLimits(max_batch_events=10, max_event_bytes=2000)
@@ -90,3 +92,35 @@ def test_finish_requires_one_answer_per_event() -> None:
     plan: BatchPlan = plan_batch([order_placed()], AcceptAll(), LIMITS)
     with pytest.raises(ValueError, match="once per event"):
         finish_batch(plan, [])
+
+
+def test_fleet_claims_turn_events_held_elsewhere_into_duplicates() -> None:
+    events = [order_placed("a"), order_placed("b"), order_placed("c")]
+    plan = plan_batch(events, AcceptAll(), LIMITS)
+    ids = [e["event_id"] for e in events]
+    claims = {ids[0]: Claim.OURS, ids[1]: Claim.COMMITTED_ELSEWHERE, ids[2]: Claim.OURS}
+    kept = apply_fleet_claims(plan, claims)
+    assert [e.event_id for e in kept.to_store] == [ids[0], ids[2]]
+    results = finish_batch(kept, [True, False])
+    assert [r.status for r in results] == [Status.ACCEPTED, Status.DUPLICATE, Status.DUPLICATE]
+    assert [r.index for r in results] == [0, 1, 2]
+
+
+def test_fleet_claim_pending_elsewhere_refuses_the_whole_batch() -> None:
+    events = [order_placed("a"), order_placed("b")]
+    plan = plan_batch(events, AcceptAll(), LIMITS)
+    claims = {events[1]["event_id"]: Claim.PENDING_ELSEWHERE}
+    with pytest.raises(InFlightElsewhere) as refused:
+        apply_fleet_claims(plan, claims)
+    assert refused.value.retriable
+
+
+def test_publish_permission_is_checked_before_the_payload() -> None:
+    allowed, forbidden = order_placed("a", source="me"), order_placed("b", source="you")
+    forbidden["payload"] = {"bad": 1}  # the checker would refuse it as invalid_payload
+    plan = plan_batch([allowed, forbidden], RefuseQuantity(), LIMITS, lambda _t, s: s == "me")
+    results = finish_batch(plan, [True])
+    assert results[0].status is Status.ACCEPTED
+    assert results[1].status is Status.REJECTED
+    assert results[1].error is not None
+    assert results[1].error.code is RejectCode.PUBLISH_FORBIDDEN
