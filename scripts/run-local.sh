@@ -16,4 +16,15 @@ else
     echo "run: the gateway still starts, acknowledges events into ./var and buffers them"
     echo "run: until a broker at $bootstrap is reachable."
 fi
+# Authentication: unless JWT settings are given, a development HS256 secret kept in ./var and a
+# token for it (all channels, all event types) printed for curl and the SDK.
+if [ -z "${SYNC_GATEWAY_JWT_ALGORITHMS:-}" ]; then
+    [ -s var/dev-jwt-secret ] || { umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >var/dev-jwt-secret; }
+    export SYNC_GATEWAY_JWT_ALGORITHMS='["HS256"]'
+    SYNC_GATEWAY_JWT_SECRET="$(cat var/dev-jwt-secret)"
+    export SYNC_GATEWAY_JWT_SECRET
+    token="$(.venv/bin/sync-gateway token --sub dev --channel 'orders:*' --channel 'inventory:*' \
+        --publish '*' --ttl 86400)"
+    echo "run: development token (24 h; its source is \"dev\"): export TOKEN=$token"
+fi
 SYNC_GATEWAY_KAFKA_BOOTSTRAP="$bootstrap" .venv/bin/sync-gateway serve "$@"
