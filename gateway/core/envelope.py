@@ -24,6 +24,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_core import PydanticSerializationError
 
 from gateway.core.ids import EventId
 from gateway.core.rejections import RejectCode, Rejection
@@ -92,12 +93,38 @@ def parse_envelope(raw: object) -> tuple[Envelope, bytes] | Rejection:
     Never raises for bad input."""
     if not isinstance(raw, Mapping):
         return Rejection(RejectCode.INVALID_ENVELOPE, "event must be an object")
+    if _deeper_than(raw.get("payload"), MAX_PAYLOAD_DEPTH):
+        return Rejection(
+            RejectCode.INVALID_PAYLOAD,
+            f"payload is nested deeper than {MAX_PAYLOAD_DEPTH} levels",
+            "payload",
+        )
     try:
         envelope = Envelope.model_validate(raw)
     except ValidationError as exc:
         return _rejection_from(exc)
-    encoded = envelope.encode()
+    try:
+        encoded = envelope.encode()
+    except (PydanticSerializationError, UnicodeEncodeError):
+        # e.g. a JSON "\udcff" escape: decodes to a str that is not valid Unicode text
+        return Rejection(RejectCode.INVALID_ENVELOPE, "a string holds an unpaired surrogate")
     return envelope, encoded
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether ``value`` nests objects/arrays more than ``limit`` levels (iteratively: a hostile
+    body may nest far deeper than Python's recursion limit)."""
+    level: list[object] = [value]
+    for _ in range(limit + 1):
+        level = [
+            child
+            for item in level
+            if isinstance(item, Mapping | list)
+            for child in (item.values() if isinstance(item, Mapping) else item)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def _rejection_from(exc: ValidationError) -> Rejection:

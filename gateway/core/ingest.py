@@ -199,6 +199,10 @@ def finish_batch(plan: BatchPlan, stored: Sequence[bool]) -> list[EventResult]:
 def _raw_id(raw: object) -> EventId | None:
     if isinstance(raw, Mapping):
         value = raw.get("event_id")
-        if isinstance(value, str) and len(value) <= 128:
+        if isinstance(value, str) and len(value) <= 128 and value.isprintable():
+            try:
+                value.encode()
+            except UnicodeEncodeError:  # an unpaired surrogate: never echo it
+                return None
             return EventId(value)
     return None

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.adapters.redis_dedup import Claim, FleetDedupUnavailable, RedisFleetDedup
-from gateway.errors import GatewayError
+from gateway.adapters.redis_dedup import RedisFleetDedup
+from gateway.core.ingest import Claim
+from gateway.errors import FleetDedupUnavailable, GatewayError
 from gateway.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
