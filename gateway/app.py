@@ -23,6 +23,7 @@ from gateway.adapters.http_auth import (
     insecure_authenticate,
 )
 from gateway.adapters.http_changes import ChangesEndpoint, ChangesSettings
+from gateway.adapters.http_context import RequestContextMiddleware
 from gateway.adapters.http_ingest import IngestEndpoint
 from gateway.adapters.http_ops import healthz, metrics_endpoint, openapi, readyz_endpoint
 from gateway.adapters.http_snapshot import SnapshotEndpoint
@@ -377,6 +378,7 @@ class Gateway:
             public |= {"/metrics", "/openapi.json"}
         refusals = self.metrics.auth_refusals
         return [
+            Middleware(RequestContextMiddleware),
             Middleware(
                 AuthMiddleware,
                 authenticate=self.authenticate,
@@ -387,7 +389,7 @@ class Gateway:
                     max_connections_per_subject=self.config.max_connections_per_subject,
                 ),
                 on_refused=lambda reason: refusals.labels(reason).inc(),
-            )
+            ),
         ]
 
 

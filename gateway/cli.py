@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 import urllib.error
 import urllib.request
@@ -27,6 +26,7 @@ from typing import Any
 from gateway.config import GatewayConfig
 from gateway.core.ids import EventId
 from gateway.errors import ConfigError
+from gateway.logs import configure_logging
 
 
 def _serve(args: Sequence[str]) -> int:
@@ -36,10 +36,7 @@ def _serve(args: Sequence[str]) -> int:
     from gateway.app import build_app
 
     config = GatewayConfig(_cli_parse_args=list(args), _cli_prog_name="sync-gateway serve")
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.log_level, config.log_format, config.instance_id)
     try:
         app = build_app(config)
     except ConfigError as exc:

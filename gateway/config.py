@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.core.channels import DEFAULT_CHANNEL_RULES_SPEC
 from gateway.core.routing import DEFAULT_ROUTES
 from gateway.core.schemas import default_schema_root
+from gateway.logs import LogFormat
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -83,6 +84,9 @@ class GatewayConfig(BaseSettings):
         DEFAULT_STORE_RETRY_AFTER_S, gt=0, description="Retry-After sent when the store refuses."
     )
     log_level: str = Field("info", description="Log level of the gateway's loggers.")
+    log_format: LogFormat = Field(
+        "json", description="json: one JSON object per line (with correlation_id); or text."
+    )
 
     # -- authentication, authorization and limits (DESIGN.md guarantee 6) --
     jwt_algorithms: list[str] = Field(

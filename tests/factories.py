@@ -58,3 +58,7 @@ def storable(event_id: str | None = None, key: str = "k") -> StorableEvent:
         correlation_id="corr-1",
         value=b'{"x":1}' + b" " * 300,
     )
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+"""A valid W3C trace context."""

@@ -31,6 +31,7 @@ from typing import Final
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.adapters.http_context import header
 from gateway.adapters.http_errors import error_response
 from gateway.core.authz import Principal
 from gateway.core.codec import MediaType, preferred_media_type
@@ -70,18 +71,11 @@ def principal_of(scope: Scope) -> Principal:
     return principal
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
 def bearer_token(scope: Scope) -> str | None:
     """The token of the ``Authorization: Bearer`` header, else of a bearer subprotocol."""
-    header = _header(scope, b"authorization")
-    if header is not None:
-        scheme, _, token = header.strip().partition(" ")
+    authorization = header(scope, b"authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("malformed", "the Authorization header is not 'Bearer <token>'")
         return token.strip()
@@ -136,7 +130,7 @@ class AuthMiddleware:
             principal = await self._verify(scope)
         except GatewayError as exc:
             self._refused(exc)
-            media = preferred_media_type(_header(scope, b"accept"), MediaType.JSON)
+            media = preferred_media_type(header(scope, b"accept"), MediaType.JSON)
             await error_response(exc, media, retry_after_s=1)(scope, receive, send)
             return
         scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
@@ -170,7 +164,7 @@ class AuthMiddleware:
                 del self.connections[key]
 
     def _check_origin(self, scope: Scope) -> None:
-        origin = _header(scope, b"origin")
+        origin = header(scope, b"origin")
         if origin is not None and origin not in self.settings.allowed_origins:
             raise Forbidden("origin_not_allowed", "websocket handshakes from this origin refused")
 

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.adapters.http_auth import principal_of
+from gateway.adapters.http_context import traceparent_of
 from gateway.adapters.http_errors import error_response
 from gateway.core.codec import MediaType, decode, encode, media_type_of, preferred_media_type
 from gateway.core.ingest import Status
@@ -42,7 +43,8 @@ class IngestEndpoint:
             media = media_type_of(request.headers.get("content-type"))
             answer_media = preferred_media_type(accept, media)
             raw = await read_body(request, self._max_body_bytes, self._body_timeout_s)
-            results = await self._flow.ingest(decode(raw, media), principal)
+            body = decode(raw, media)
+            results = await self._flow.ingest(body, principal, traceparent_of(request.scope))
         except GatewayError as exc:
             return error_response(exc, answer_media, retry_after_s=self._retry_after_s)
         counts = {status.value: 0 for status in Status}

@@ -73,6 +73,7 @@ def uvicorn_config(app: Any, config: GatewayConfig) -> uvicorn.Config:
         ws_ping_timeout=config.ws_ping_timeout_s,
         ws_max_size=config.ws_max_frame_bytes,
         log_level=config.log_level.lower(),
+        log_config=None,  # the gateway's own logging (gateway.logs) formats uvicorn's lines too
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         server_header=False,
     )

@@ -34,12 +34,14 @@ from gateway.errors import StoreCorrupt, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
-_ROWS_PER_STATEMENT: Final = 400  # 8 parameters a row stays far below SQLite's 32766 limit
+SCHEMA_VERSION: Final = 2
+"""1: the first schema; 2: ``events.traceparent`` (added to a version 1 file at open)."""
+_ROWS_PER_STATEMENT: Final = 400  # 9 parameters a row stays far below SQLite's 32766 limit
 _COLUMNS: Final = (
-    "event_id, event_type, event_version, key, source, correlation_id, value, received_at_ms"
+    "event_id, event_type, event_version, key, source, correlation_id, value, received_at_ms, "
+    "traceparent"
 )
-_ROW_PLACEHOLDER: Final = "(?,?,?,?,?,?,?,?)"
+_ROW_PLACEHOLDER: Final = "(?,?,?,?,?,?,?,?,?)"
 _FORWARDED_MARK: Final = "forwarded_seq"
 _STORE_ID: Final = "store_id"
 
@@ -53,7 +55,8 @@ CREATE TABLE IF NOT EXISTS events (
     source TEXT NOT NULL,
     correlation_id TEXT NOT NULL,
     value BLOB NOT NULL,
-    received_at_ms INTEGER NOT NULL
+    received_at_ms INTEGER NOT NULL,
+    traceparent TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
@@ -119,6 +122,10 @@ class SqliteEventStore:
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA busy_timeout=5000")
             await db.executescript(_SCHEMA)
+            async with db.execute("PRAGMA table_info(events)") as cursor:
+                columns = {str(row[1]) for row in await cursor.fetchall()}
+            if "traceparent" not in columns:  # a store made by schema version 1
+                await db.execute("ALTER TABLE events ADD COLUMN traceparent TEXT")
             await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             if self._max_bytes is not None:
                 async with db.execute("PRAGMA page_size") as cursor:
@@ -359,6 +366,7 @@ class SqliteEventStore:
                         e.correlation_id,
                         e.value,
                         now_ms,
+                        e.traceparent,
                     )
                 async with db.execute(
                     f"INSERT INTO events ({_COLUMNS}) VALUES "
@@ -379,10 +387,10 @@ class SqliteEventStore:
 
 def _row_to_stored(row: Any) -> StoredEvent:
     # Column types are fixed by the schema (and this runs per forwarded event): no coercion.
-    seq, event_id, event_type, version, key, source, correlation_id, value, received_at_ms = row
+    seq, event_id, event_type, version, key, source, correlation, value, received_at_ms, trace = row
     return StoredEvent(
         seq=seq,
-        event=StorableEvent(event_id, event_type, version, key, source, correlation_id, value),
+        event=StorableEvent(event_id, event_type, version, key, source, correlation, value, trace),
         received_at_ms=received_at_ms,
     )
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.adapters.http_auth import principal_of
+from gateway.adapters.http_context import traceparent_of
 from gateway.core.authz import Principal
 from gateway.core.channels import valid_channel
 from gateway.core.cursor import Cursor, CursorCodec
@@ -324,7 +325,9 @@ class _Connection:
 
     async def _publish(self, command: Publish) -> None:
         try:
-            results = await self._e.ingest.ingest({"events": command.events}, self._principal)
+            results = await self._e.ingest.ingest(
+                {"events": command.events}, self._principal, traceparent_of(self._ws.scope)
+            )
         except RateLimited as exc:
             raise rate_limited_frame(exc, req=command.req) from None
         except RequestError as exc:

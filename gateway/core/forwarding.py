@@ -23,7 +23,7 @@ CONTENT_TYPE = b"application/json"
 
 
 def metadata_headers(event: StorableEvent) -> tuple[tuple[str, bytes], ...]:
-    return (
+    headers: tuple[tuple[str, bytes], ...] = (
         ("event_id", event.event_id.encode()),
         ("event_type", event.event_type.encode()),
         ("event_version", str(event.event_version).encode()),
@@ -31,6 +31,9 @@ def metadata_headers(event: StorableEvent) -> tuple[tuple[str, bytes], ...]:
         ("correlation_id", event.correlation_id.encode()),
         ("content-type", CONTENT_TYPE),
     )
+    if event.traceparent is not None:
+        headers += (("traceparent", event.traceparent.encode()),)
+    return headers
 
 
 def event_record(stored: StoredEvent, router: TopicRouter) -> OutRecord:

@@ -55,6 +55,8 @@ class StorableEvent:
     source: str
     correlation_id: str
     value: bytes
+    traceparent: str | None = None
+    """W3C trace context of the request that brought the event (a Kafka header)."""
 
     @classmethod
     def from_envelope(cls, envelope: Envelope, encoded: bytes) -> StorableEvent:

@@ -6,7 +6,7 @@ Nothing is acknowledged before the store has committed every accepted event of t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.core.authz import Principal
 from gateway.core.ingest import (
@@ -37,8 +37,12 @@ class IngestFlow:
     fleet: FleetDedup | None = None
     """Dedup across the instances of a fleet (Redis); ``None``: this instance alone."""
 
-    async def ingest(self, body: object, principal: Principal) -> list[EventResult]:
+    async def ingest(
+        self, body: object, principal: Principal, traceparent: str | None = None
+    ) -> list[EventResult]:
         """Results for every event of ``body``, once all accepted ones are durable.
+
+        ``traceparent`` (a valid W3C trace context) is stored with each event and forwarded.
 
         Events ``principal`` may not publish are rejected (``publish_forbidden``); a batch
         over the principal's event rate is refused as a whole (``RateLimited``).
@@ -60,6 +64,8 @@ class IngestFlow:
         except RequestError as exc:
             self.metrics.requests_refused.labels(exc.code).inc()
             raise
+        if traceparent is not None:
+            plan.to_store = [replace(e, traceparent=traceparent) for e in plan.to_store]
         plan, claimed = await self._claim(plan)
         try:
             stored = await self.store.append(plan.to_store)

@@ -1,7 +1,9 @@
 """What only the SQLite store promises: durability settings, persistence, group commit."""
 
 import asyncio
+import contextlib
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,28 @@ async def test_full_store_refuses_and_recovers_after_prune(tmp_path: Path) -> No
         await store.mark_forwarded(last.seq)
         assert await store.prune_forwarded(received_before_ms=2**62) == stored
         assert await store.append(big[stored : stored + 50]) == [True] * 50
+
+
+async def test_a_store_of_schema_version_1_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(
+            """
+            CREATE TABLE events (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+                event_type TEXT NOT NULL, event_version INTEGER NOT NULL, key TEXT NOT NULL,
+                source TEXT NOT NULL, correlation_id TEXT NOT NULL, value BLOB NOT NULL,
+                received_at_ms INTEGER NOT NULL);
+            INSERT INTO events VALUES (1, 'old-1', 'Order.Placed', 1, 'k', 's', 'c', x'7b7d', 1);
+            PRAGMA user_version=1;
+            """
+        )
+    async with SqliteEventStore(path) as store:
+        [old] = await store.read_after(LocalSeq(0), 10)
+        assert old.event.event_id == "old-1"
+        assert old.event.traceparent is None
+        new = replace(
+            storable(), traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        )
+        assert await store.append([new]) == [True]
+        assert (await store.read_after(LocalSeq(1), 10))[0].event == new

@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,14 @@ async def test_wait_for_append_wakes_on_new_events(store: EventStore) -> None:
     assert not waiter.done()
     await store.append([storable()])
     await asyncio.wait_for(waiter, 1)
+
+
+async def test_trace_context_is_kept_with_the_event(store: EventStore) -> None:
+    traced = replace(
+        storable(), traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    )
+    plain = storable()
+    await store.append([traced, plain])
+    [first, second] = await store.read_after(LocalSeq(0), 10)
+    assert first.event == traced
+    assert second.event.traceparent is None
