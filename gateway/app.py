@@ -3,6 +3,7 @@ Starlette application its routes and lifespan."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -169,6 +170,8 @@ class Gateway:
         self.authenticate = authenticator(config)
         self.limits = subject_limits(config)
         self.metrics = GatewayMetrics()
+        self.stopping = asyncio.Event()
+        """Set by :meth:`begin_shutdown`: readiness fails, long-polls answer at once."""
         self.fleet: FleetDedup | None = None
         if config.redis_url is not None:
             self.fleet = RedisFleetDedup(
@@ -306,8 +309,25 @@ class Gateway:
         if self.fleet is not None:
             await self.fleet.close()
 
+    def begin_shutdown(self) -> None:
+        """A graceful shutdown begins (SIGTERM): load balancers see the instance not ready,
+        waiting long-polls answer now (the server closes websockets with 1012), then the
+        lifespan's :meth:`stop` flushes the backlog to Kafka within ``shutdown_drain_s``."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.stopping.set()
+            return
+        # called from a signal handler, which may interrupt the loop anywhere: hand it over
+        loop.call_soon_threadsafe(self._stop_serving)
+
+    def _stop_serving(self) -> None:
+        if not self.stopping.is_set():
+            log.info("graceful shutdown begins: not ready, long-polls answered, websockets 1012")
+        self.stopping.set()
+
     async def status(self) -> tuple[bool, dict[str, Any]]:
-        """Readiness (store usable) and what an operator wants to see."""
+        """Readiness (store usable, not shutting down) and what an operator wants to see."""
         kafka = self.forwarder.status()
         try:
             backlog = await self.store.backlog()
@@ -317,8 +337,9 @@ class Gateway:
         age = None
         if backlog.oldest_received_ms is not None:
             age = round(max(0.0, time.time() - backlog.oldest_received_ms / 1000), 3)
-        return True, {
+        return not self.stopping.is_set(), {
             "instance": self.config.instance_id,
+            "state": "stopping" if self.stopping.is_set() else "serving",
             "store": {"state": "open", "path": str(self.config.store_path)},
             "backlog": {"events": backlog.events, "oldest_age_s": age},
             "dlq": {"events": dlq},
@@ -354,6 +375,7 @@ class Gateway:
             self.codec,
             self.metrics,
             ChangesSettings(max_wait_s=self.config.changes_max_wait_s),
+            self.stopping,
         )
         snapshot = SnapshotEndpoint(
             self.downstream_log,

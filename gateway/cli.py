@@ -30,9 +30,7 @@ from gateway.logs import configure_logging
 
 
 def _serve(args: Sequence[str]) -> int:
-    import uvicorn
-
-    from gateway.adapters.http_server import uvicorn_config
+    from gateway.adapters.http_server import GatewayServer, uvicorn_config
     from gateway.app import build_app
 
     config = GatewayConfig(_cli_parse_args=list(args), _cli_prog_name="sync-gateway serve")
@@ -42,7 +40,7 @@ def _serve(args: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"sync-gateway serve: {exc}", file=sys.stderr)
         return 2
-    uvicorn.Server(uvicorn_config(app, config)).run()
+    GatewayServer(uvicorn_config(app, config), app.state.gateway.begin_shutdown).run()
     return 0
 
 

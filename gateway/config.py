@@ -172,6 +172,12 @@ class GatewayConfig(BaseSettings):
     shutdown_drain_s: float = Field(
         5.0, ge=0, description="On shutdown, time given to forward the backlog."
     )
+    shutdown_grace_s: int = Field(
+        10,
+        ge=0,
+        description="On SIGTERM, time in-flight requests get to finish (then they are cut); the "
+        "process exits within about shutdown_grace_s + shutdown_drain_s.",
+    )
     # -- downstream: Kafka -> downstream log -> streams --
     channel_rules: str = Field(
         DEFAULT_CHANNEL_RULES_SPEC,

@@ -60,11 +60,14 @@ class ChangesEndpoint:
         codec: CursorCodec,
         metrics: GatewayMetrics,
         settings: ChangesSettings | None = None,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self._fanout = fanout
         self._codec = codec
         self._metrics = metrics
         self._s = settings or ChangesSettings()
+        self._stopping = stopping or asyncio.Event()
+        """Set when the gateway begins a graceful shutdown: waiting polls answer at once."""
         self._writers = {
             MediaType.JSON: FrameWriter(Encoding.JSON),
             MediaType.MSGPACK: FrameWriter(Encoding.MSGPACK),
@@ -121,6 +124,20 @@ class ChangesEndpoint:
             )
         return channel, query.get("cursor") or None, min(wait_s, self._s.max_wait_s), limit
 
+    async def _next_item(self, sub: Subscription, timeout_s: float) -> Update | CaughtUp | Reset:
+        """The subscription's next item; TimeoutError after ``timeout_s`` or at shutdown."""
+        item = asyncio.ensure_future(sub.next_item())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({item, stopping}, timeout=timeout_s, return_when="FIRST_COMPLETED")
+        finally:
+            stopping.cancel()
+            if not item.done():
+                item.cancel()
+        if item.done() and not item.cancelled():
+            return item.result()
+        raise TimeoutError
+
     async def _collect(
         self, sub: Subscription, answer: _Answer, wait_s: float, limit: int
     ) -> _Answer:
@@ -133,11 +150,10 @@ class ChangesEndpoint:
             if not items:
                 deadline = start + wait_s if answer.live else replay_deadline
                 remaining = deadline - loop.time()
-                if answer.updates or remaining <= 0:
+                if answer.updates or remaining <= 0 or self._stopping.is_set():
                     break
                 try:
-                    async with asyncio.timeout(remaining):
-                        items = [await sub.next_item()]
+                    items = [await self._next_item(sub, remaining)]
                 except (TimeoutError, SubscriptionClosed):
                     break
             for item in items:

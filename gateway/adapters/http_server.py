@@ -10,14 +10,14 @@ connection, or after the previous response on a kept-alive connection, started.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.config import GatewayConfig
-
-GRACEFUL_SHUTDOWN_S = 10
 
 
 def handshake_deadline_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
@@ -74,6 +74,19 @@ def uvicorn_config(app: Any, config: GatewayConfig) -> uvicorn.Config:
         ws_max_size=config.ws_max_frame_bytes,
         log_level=config.log_level.lower(),
         log_config=None,  # the gateway's own logging (gateway.logs) formats uvicorn's lines too
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_graceful_shutdown=config.shutdown_grace_s,
         server_header=False,
     )
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, telling the application when a graceful shutdown begins (before it
+    waits for in-flight requests) through ``on_exit``."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -94,6 +95,15 @@ class GatewayProcess(ServerProcess):
     def terminate(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, wait for the graceful exit (SIGKILL after ``timeout``); the exit code."""
         return self._proc.stop(timeout) if self._proc is not None else None
+
+    def sigterm(self) -> None:
+        """Send SIGTERM and return at once (see :meth:`wait`)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code once the process exits, ``None`` if it still runs after ``timeout``."""
+        return self._proc.wait(timeout) if self._proc is not None else None
 
     def restart(self, timeout: float = 30.0) -> None:
         self.kill()
