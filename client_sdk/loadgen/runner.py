@@ -188,10 +188,25 @@ class _Run:
         deadline = max(deadline, time.monotonic() + 30.0)
         await _until(lambda: self._stream_missing() == 0, deadline)
         self.report.stream_missing = self._stream_missing()
+        if self.report.stream_missing:
+            self.report.notes.append(self._stream_missing_note())
+            self.report.notes.append(f"gateway downstream: {await self._downstream_status()}")
 
     def _stream_missing(self) -> int:
         expected = self.tally.ok_events_by_store()
         return sum(max(0, expected[d.store] - d.received) for d in self.devices)
+
+    def _stream_missing_note(self) -> str:
+        """Which subscriptions miss updates, and what their connections are doing."""
+        expected = self.tally.ok_events_by_store()
+        behind = [
+            f"{d.name} ({d.store}) {d.received}/{expected[d.store]}"
+            f" {d.subscriber.state.value if d.subscriber is not None else '-'}"
+            for d in self.devices
+            if d.received < expected[d.store]
+        ]
+        shown = ", ".join(behind[:8]) + (", ..." if len(behind) > 8 else "")
+        return f"stream updates missing on {len(behind)} subscriptions: {shown}"
 
     # -- verification ---------------------------------------------------------------------------
 
@@ -211,6 +226,16 @@ class _Run:
         report.lost = len(lost)
         report.lost_sample = lost[:5]
         report.duplicated = sum(1 for n in found.values() if n > 1)
+
+    async def _downstream_status(self) -> object:
+        """The gateway's downstream consumer status from /readyz (directly, not through the
+        proxy): whether it consumed what the subscriptions miss."""
+        try:
+            async with httpx.AsyncClient(base_url=self.config.gateway_url, timeout=5.0) as http:
+                status: object = (await http.get("/readyz")).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            return f"unknown ({exc!r})"
+        return status.get("downstream") if isinstance(status, dict) else status
 
     async def _wait_forwarded(self) -> None:
         """Poll the gateway's /readyz (directly, not through the proxy) until its backlog is

@@ -55,13 +55,14 @@ def args(gw: GatewayProcess, bootstrap: str, topics: TestTopics, *extra: str) ->
 
 
 def assert_clean(report: LoadReport, events: int) -> None:
-    assert report.published == events
-    assert report.verified
-    assert (report.lost, report.duplicated, report.pending) == (0, 0, 0), report.text()
-    assert report.rejected == 0
-    assert report.accepted + report.duplicate == events
-    assert report.kafka_records == events
-    assert report.ok
+    text = report.text()  # every failure shows the whole report, with its notes
+    assert report.published == events, text
+    assert report.verified, text
+    assert (report.lost, report.duplicated, report.pending) == (0, 0, 0), text
+    assert report.rejected == 0, text
+    assert report.accepted + report.duplicate == events, text
+    assert report.kafka_records == events, text
+    assert report.ok, text
 
 
 async def test_200_devices_on_a_flaky_link_lose_and_double_nothing(
@@ -136,11 +137,12 @@ async def test_subscriptions_see_every_event_once_across_cuts(
         )
     )
     assert_clean(report, 200)
-    assert report.e2e_latency is not None
-    assert report.stream_received == 200 * 5  # each store's events reach its 5 devices
-    assert (report.stream_duplicates, report.stream_missing) == (0, 0)
-    assert report.proxy is not None
-    assert report.proxy.cuts >= 1
+    text = report.text()
+    assert report.e2e_latency is not None, text
+    assert (report.stream_duplicates, report.stream_missing) == (0, 0), text
+    assert report.stream_received == 200 * 5, text  # each store's events reach its 5 devices
+    assert report.proxy is not None, text
+    assert report.proxy.cuts >= 1, text
 
 
 def test_cli_rejects_bad_arguments() -> None:
