@@ -7,6 +7,7 @@ handled in order, each once, across disconnects and restarts; ``StreamSession`` 
 protocol core both are built on (``docs/protocol.md``).
 """
 
+from client_sdk.auth import TokenSource
 from client_sdk.blocking import BlockingOutboxClient
 from client_sdk.cursor_store import CursorStore
 from client_sdk.errors import (
@@ -41,6 +42,7 @@ __all__ = [
     "StreamState",
     "StreamStateChange",
     "Subscriber",
+    "TokenSource",
     "Update",
     "Uploader",
     "reconnect_policy",

@@ -13,6 +13,7 @@ itself (with backoff) and never drops an event because of one::
     │   ├── ServerError              yes  5xx answer
     │   │   └── ServiceUnavailable   yes  503 / 429 with Retry-After (store full or failing)
     │   ├── BatchTooLarge            yes  413: the uploader halves the batch and sends again
+    │   ├── TokenRefused             yes  401: the token source is asked again for the next try
     │   └── BatchRefused             no   400 / 415 / other 4xx: the request as a whole is wrong
     ├── FlushTimeout (TimeoutError)  yes  flush() ran out of time; what remains stays pending
     ├── ClientClosed                 no   the uploader or blocking client was closed
@@ -45,6 +46,7 @@ __all__ = [
     "ServerError",
     "ServiceUnavailable",
     "StreamClosedByPolicy",
+    "TokenRefused",
     "UploadError",
 ]
 
@@ -113,6 +115,13 @@ class ServiceUnavailable(ServerError):
 class BatchTooLarge(UploadError):
     """413: the batch exceeds the gateway's limits. Retriable with a smaller batch (the
     uploader halves it)."""
+
+    retriable = True
+
+
+class TokenRefused(UploadError):
+    """The gateway refused the token (401: expired, malformed, wrong key...). Retriable: the
+    next try asks the token source again (a static token keeps failing; see the state)."""
 
     retriable = True
 

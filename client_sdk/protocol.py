@@ -64,7 +64,13 @@ from client_sdk.events import (
     Unsubscribed,
     Update,
 )
-from client_sdk.reconnect import DontReconnect, Reconnect, ReconnectPolicy, reconnect_policy
+from client_sdk.reconnect import (
+    DontReconnect,
+    Reconnect,
+    ReconnectPolicy,
+    handshake_policy,
+    reconnect_policy,
+)
 
 __all__ = [
     "SUBPROTOCOLS",
@@ -89,6 +95,7 @@ __all__ = [
     "Subscribed",
     "Unsubscribed",
     "Update",
+    "handshake_policy",
     "reconnect_policy",
 ]
 

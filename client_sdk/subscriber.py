@@ -61,9 +61,15 @@ from typing import TypeAlias, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidStatus,
+    InvalidURI,
+    WebSocketException,
+)
 from websockets.typing import Subprotocol
 
+from client_sdk.auth import TokenSource, bearer_headers
 from client_sdk.cursor_store import CursorStore
 from client_sdk.errors import StreamClosedByPolicy
 from client_sdk.protocol import (
@@ -77,6 +83,7 @@ from client_sdk.protocol import (
     StreamSession,
     Unsubscribed,
     Update,
+    handshake_policy,
     reconnect_policy,
 )
 from gateway.core.backoff import Backoff
@@ -160,8 +167,12 @@ class Subscriber:
         open_timeout: float = 10.0,
         close_timeout: float = 5.0,
         max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
+        token: TokenSource | None = None,
     ) -> None:
         self.url = _stream_url(url)
+        self._token = token
+        self._refused: tuple[int, float | None] | None = None
+        """The HTTP status (and Retry-After) of the last refused handshake."""
         self.store = store
         self.encoding: Encoding = encoding
         self.backoff = backoff if backoff is not None else Backoff(base=0.5, cap=30.0)
@@ -258,13 +269,17 @@ class Subscriber:
             code = await self._connect_once()
             if self.closing:
                 return
-            policy = reconnect_policy(code)
+            refused, self._refused = self._refused, None
+            policy = reconnect_policy(code) if refused is None else handshake_policy(*refused)
             if isinstance(policy, DontReconnect):
                 self._set_state(StreamStateChange(StreamState.CLOSED, close_code=code))
                 raise StreamClosedByPolicy(policy.code, policy.reason, policy.retry_after_s)
-            if policy.reset_backoff:
-                self.backoff.reset()
-            delay = self.backoff.next_delay()
+            if isinstance(policy, float):  # 429: as long as the gateway asked, at least
+                delay = max(policy, self.backoff.next_delay())
+            else:
+                if policy.reset_backoff:
+                    self.backoff.reset()
+                delay = self.backoff.next_delay()
             self._set_state(StreamStateChange(StreamState.DISCONNECTED, code, retry_in=delay))
             await self._sleep(delay)
 
@@ -276,6 +291,7 @@ class Subscriber:
         try:
             async with connect(
                 self.url,
+                additional_headers=await bearer_headers(self._token),
                 subprotocols=[Subprotocol(session.subprotocol)],
                 open_timeout=self._open_timeout,
                 close_timeout=self._close_timeout,
@@ -294,6 +310,12 @@ class Subscriber:
             return ws.close_code
         except InvalidURI:
             raise
+        except InvalidStatus as exc:
+            retry_after = exc.response.headers.get("retry-after")
+            delay = float(retry_after) if retry_after and retry_after.isdigit() else None
+            self._refused = (exc.response.status_code, delay)
+            logger.warning("stream handshake refused: HTTP %d", exc.response.status_code)
+            return None
         except ConnectionClosed as exc:  # e.g. a send after the close
             return exc.rcvd.code if exc.rcvd is not None else None
         except ProtocolViolation as exc:

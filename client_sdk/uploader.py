@@ -36,6 +36,7 @@ from typing import Any, Final, Literal
 import httpx
 import msgpack
 
+from client_sdk.auth import TokenSource, bearer_headers
 from client_sdk.errors import (
     BatchRefused,
     BatchTooLarge,
@@ -44,6 +45,7 @@ from client_sdk.errors import (
     FlushTimeout,
     ServerError,
     ServiceUnavailable,
+    TokenRefused,
     UploadError,
 )
 from client_sdk.outbox import (
@@ -103,9 +105,10 @@ class Uploader:
     ``max_body_bytes``; a 413 halves them anyway). ``encoding``: ``"msgpack"`` or ``"json"``.
     ``backoff``: delays between failed attempts (default: 0.2 s doubling to 30 s, full jitter).
     ``poll_interval``: how often the outbox is looked at when nobody calls :meth:`notify`
-    (events published by another process or handle). ``headers``: sent with every request
-    (e.g. ``Authorization``). ``http``: a client to use (not closed by :meth:`close`);
-    by default one is made with ``timeout``.
+    (events published by another process or handle). ``token``: the bearer token, or a
+    function giving the current one, asked before every request (:mod:`client_sdk.auth`; a 401
+    is retried with whatever it gives next). ``headers``: sent with every request. ``http``: a
+    client to use (not closed by :meth:`close`); by default one is made with ``timeout``.
 
     Use :meth:`run` as a task (it loops until :meth:`close`) and/or :meth:`flush`; both may run
     at once, they share one sender.
@@ -124,6 +127,7 @@ class Uploader:
         on_state: Callable[[StateChange], object] | None = None,
         http: httpx.AsyncClient | None = None,
         headers: dict[str, str] | None = None,
+        token: TokenSource | None = None,
         poll_interval: float = 5.0,
         timeout: float = 30.0,
     ) -> None:
@@ -149,6 +153,7 @@ class Uploader:
             "accept": MSGPACK if encoding == "msgpack" else JSON,
             **(headers or {}),
         }
+        self._token = token
         self._poll_interval = poll_interval
         self._state = ConnectionState.UNKNOWN
         self._last_error: str | None = None
@@ -363,7 +368,8 @@ class Uploader:
     async def _post(self, batch: Sequence[PendingEvent]) -> list[Receipt]:
         body = self._encode(batch)
         try:
-            answer = await self._http.post(self._url, content=body, headers=self._headers)
+            headers = self._headers | await bearer_headers(self._token)
+            answer = await self._http.post(self._url, content=body, headers=headers)
         except httpx.TimeoutException as exc:
             raise ConnectionFailed(f"timeout: {exc!r}") from exc
         except httpx.TransportError as exc:
@@ -375,6 +381,8 @@ class Uploader:
         text = f"HTTP {status} {code or ''}: {message}".strip()
         if status == 413:
             raise BatchTooLarge(text, status=status, code=code)
+        if status == 401:
+            raise TokenRefused(text, status=status, code=code)
         if status in (429, 503):
             retry_after = _retry_after(answer.headers.get("retry-after"))
             raise ServiceUnavailable(text, status=status, code=code, retry_after=retry_after)

@@ -70,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=float, default=120.0)
     p.add_argument("--batch-events", type=int, default=100)
     p.add_argument("--request-timeout", type=float, default=10.0)
-    p.add_argument("--token", default=None, help="JWT for uploads (Authorization: Bearer)")
+    p.add_argument(
+        "--token", default=None, help="JWT for uploads and streams (Authorization: Bearer)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the link pattern")
     p.add_argument("--plot", type=Path, default=None, help="PNG timeline (needs matplotlib)")
     p.add_argument(

@@ -124,7 +124,6 @@ class Device:
         self._was_live = False
         self.outbox, self.cursors = files
         self._http = http
-        headers = {"authorization": f"Bearer {config.token}"} if config.token else None
         self.uploader = Uploader(
             self.outbox,
             url,
@@ -134,7 +133,7 @@ class Device:
             on_state=self._on_upload_state,
             poll_interval=1.0,
             http=http,
-            headers=headers,
+            token=config.token,
         )
         self.subscriber: Subscriber | None = None
         if self.cursors is not None:
@@ -145,6 +144,7 @@ class Device:
                 on_state=self._on_stream_state,
                 open_timeout=config.request_timeout,
                 close_timeout=2.0,
+                token=config.token,
             )
             self.subscriber.subscribe(f"inventory:{self.store}", self._on_update)
         self._tasks: list[asyncio.Task[None]] = []
