@@ -404,6 +404,10 @@ def translate_sqlite_error(exc: sqlite3.DatabaseError, what: str) -> StoreError:
     return StoreUnavailable(f"{what}: {exc}")
 
 
+async def _rollback(db: aiosqlite.Connection) -> None:
+    await db.execute("ROLLBACK")
+
+
 @contextlib.asynccontextmanager
 async def write_transaction(
     db: aiosqlite.Connection, lock: asyncio.Lock, what: str
@@ -412,13 +416,17 @@ async def write_transaction(
     any error); SQLite errors leave as :class:`~gateway.errors.StoreError`."""
     async with lock:
         try:
-            await db.execute("BEGIN IMMEDIATE")
             try:
+                # BEGIN inside the try: a cancelled BEGIN still runs on aiosqlite's thread,
+                # and must be rolled back or every later write would fail
+                await db.execute("BEGIN IMMEDIATE")
                 yield db
                 await db.execute("COMMIT")
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # "no transaction": nothing to undo
+                    # shielded: a second cancellation must not leave the transaction open;
+                    # aiosqlite runs statements in order, so the next BEGIN comes after it
+                    await asyncio.shield(_rollback(db))
                 raise
         except sqlite3.DatabaseError as exc:
             raise translate_sqlite_error(exc, f"{what} failed") from exc

@@ -121,8 +121,11 @@ class Forwarder(SessionLoop):
                 await self._forward_all(batch)
             except BaseException:
                 upcoming.cancel()
-                with contextlib.suppress(BaseException):
-                    await upcoming
+                # wait for the read to wind down, but never swallow our own cancellation
+                # (stop() during this wait must end the session, not start another)
+                await asyncio.wait({upcoming})
+                if not upcoming.cancelled():
+                    upcoming.exception()  # retrieved: the error that ends the session wins
                 raise
             batch = await upcoming
 

@@ -125,3 +125,17 @@ async def test_a_store_of_schema_version_1_is_upgraded_in_place(tmp_path: Path) 
         )
         assert await store.append([new]) == [True]
         assert (await store.read_after(LocalSeq(1), 10))[0].event == new
+
+
+@pytest.mark.parametrize("steps", range(1, 8))
+async def test_a_cancelled_write_leaves_the_store_writable(tmp_path: Path, steps: int) -> None:
+    async with SqliteEventStore(tmp_path / "store.sqlite3") as store:
+        await store.append([storable()])
+        for _ in range(3):
+            write = asyncio.create_task(store.mark_forwarded(LocalSeq(1)))
+            for _ in range(steps):  # cancel it at a different point each time
+                await asyncio.sleep(0)
+            write.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await write
+        assert await store.append([storable()]) == [True]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -14,7 +14,9 @@ from gateway.adapters.memory_store import MemoryEventStore
 from gateway.core.backoff import Backoff
 from gateway.core.ids import InstanceId, LocalSeq
 from gateway.core.ingest import StorableEvent
+from gateway.core.records import OutRecord, StoredEvent
 from gateway.core.routing import DEFAULT_ROUTES, TopicRouter
+from gateway.errors import KafkaUnavailable
 from gateway.flows.forwarder import Forwarder, ForwarderSettings
 from gateway.flows.sessions import LinkState
 from gateway.metrics import GatewayMetrics
@@ -160,3 +162,53 @@ async def test_idle_link_failure_is_noticed(
             break
         await asyncio.sleep(0.01)
     assert forwarder.state is LinkState.DOWN
+
+
+class SlowCancelStore(MemoryEventStore):
+    """The prefetch (a read after the first batch) takes a moment to wind down when cancelled,
+    as a query running in a thread does."""
+
+    async def read_after(self, seq: LocalSeq, limit: int) -> list[StoredEvent]:
+        rows = await super().read_after(seq, limit)
+        if seq > 0:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.05)
+                raise
+        return rows
+
+
+class FailingPublisher(MemoryPublisher):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = asyncio.Event()
+
+    async def publish(
+        self, records: Sequence[OutRecord], position: LocalSeq, store_id: str
+    ) -> None:
+        await asyncio.sleep(0.01)
+        self.failed.set()
+        raise KafkaUnavailable("broker gone (test)")
+
+
+async def test_stop_during_the_prefetch_wind_down_ends_the_forwarder() -> None:
+    store, publisher = SlowCancelStore(), FailingPublisher()
+    await store.append([storable() for _ in range(3)])
+    settings = ForwarderSettings(
+        router=TopicRouter(DEFAULT_ROUTES),
+        dead_letter_topic="dlq",
+        instance=InstanceId("x"),
+        bootstrap="memory",
+        batch_max=1,
+        idle_wait_s=0.01,
+        housekeeping_interval_s=0.01,
+        ping_interval_s=0.01,
+    )
+    forwarder = Forwarder(
+        store, publisher, settings, GatewayMetrics(), Backoff(0.2, 0.2, random.Random(1))
+    )
+    forwarder.start()
+    await asyncio.wait_for(publisher.failed.wait(), 5)
+    await asyncio.sleep(0.01)  # the session now waits for the cancelled prefetch to wind down
+    await asyncio.wait_for(forwarder.stop(), 3)  # used to hang: the cancellation was swallowed
