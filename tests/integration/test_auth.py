@@ -214,3 +214,21 @@ async def test_stream_is_closed_when_its_token_expires(gateway: GatewayProcess, 
             await read_until_closed(client)
         assert ws.close_code == 4003
     assert time.monotonic() - started < 25
+
+
+async def test_tokens_never_reach_the_log(gateway: GatewayProcess, keys: Keys) -> None:
+    token = keys.token("user-a")
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+        await http.get(
+            "/v1/changes", params={"channel": "orders:user-a", "wait": "0"}, headers=bearer(token)
+        )
+    protocols = [JSON_PROTOCOL, Subprotocol(BEARER_SUBPROTOCOL_PREFIX + token)]
+    assert await handshake_status(gateway, subprotocols=protocols) == 101
+    log_text = gateway.log_path.read_text()
+    assert "/v1/changes" in log_text  # the requests were logged...
+    signature = token.rsplit(".", 1)[1]
+    assert signature not in log_text  # ...their tokens were not
+    for hostile in keys.hostile().values():
+        tail = (hostile or "").rsplit(".", 1)[-1]
+        if tail:
+            assert tail not in log_text
