@@ -183,11 +183,13 @@ class Gateway:
         self.schemas = SchemaRegistry.load(config.schema_dir)
         router = TopicRouter(config.topic_routes)
         router.check_covers(self.schemas.event_types)
+        crash_hook = _crash_hook(config.crash_point)
         self.store = SqliteEventStore(
             config.store_path,
             max_group_events=config.group_commit_max_events,
             max_bytes=config.max_store_bytes,
             on_commit=self.metrics.commit_group_events.observe,
+            crash_hook=crash_hook,
         )
         self.ingest = IngestFlow(
             store=self.store,
@@ -199,6 +201,7 @@ class Gateway:
             metrics=self.metrics,
             limits=self.limits,
             fleet=self.fleet,
+            crash_hook=crash_hook,
         )
         instance = InstanceId(config.instance_id)
         self.publisher = AiokafkaPublisher(
@@ -226,7 +229,7 @@ class Gateway:
                 batch_max=config.forward_batch_max,
                 retention_ms=config.retention_s * 1000,
                 prune_interval_s=config.prune_interval_s,
-                crash_hook=_crash_hook(config.crash_point),
+                crash_hook=crash_hook,
             ),
             self.metrics,
         )
@@ -281,6 +284,23 @@ class Gateway:
         return derive_epoch(identity.cluster_id, identity.topic_ids)
 
     async def start(self) -> None:
+        """Open the stores and start the consumer and forwarder; on failure (e.g. a damaged
+        store), whatever was started is stopped again so that the process can exit."""
+        try:
+            await self._start()
+        except BaseException:
+            for close in (
+                self.consumer.stop,
+                self.fanout.close,
+                self.history.close,
+                self.downstream_log.close,
+                self.store.close,
+            ):
+                with contextlib.suppress(Exception):
+                    await close()
+            raise
+
+    async def _start(self) -> None:
         await self.downstream_log.open()
         self.fanout.epoch = await self.downstream_log.epoch()
         self.consumer.start()

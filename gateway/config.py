@@ -215,7 +215,10 @@ class GatewayConfig(BaseSettings):
     )
     changes_max_wait_s: float = Field(30.0, gt=0, description="Longest long-poll of /v1/changes.")
     crash_point: str | None = Field(
-        None, description="Testing only: exit abruptly at this named point of the forwarder."
+        None,
+        description="Testing only: exit abruptly at this named point: after_parse, "
+        "mid_store_commit, after_store_commit (ingest), before_kafka_commit, after_kafka_commit "
+        "(forwarder), mid_replay (streams).",
     )
 
     @model_validator(mode="after")

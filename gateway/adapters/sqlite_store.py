@@ -19,6 +19,7 @@ import logging
 import sqlite3
 import time
 import uuid
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -34,14 +35,15 @@ from gateway.errors import StoreCorrupt, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 2
-"""1: the first schema; 2: ``events.traceparent`` (added to a version 1 file at open)."""
-_ROWS_PER_STATEMENT: Final = 400  # 9 parameters a row stays far below SQLite's 32766 limit
+SCHEMA_VERSION: Final = 3
+"""1: the first schema; 2: ``events.traceparent``; 3: ``events.crc`` (CRC-32 of the value;
+NULL for rows written before). Older files are upgraded at open."""
+_ROWS_PER_STATEMENT: Final = 400  # 10 parameters a row stays far below SQLite's 32766 limit
 _COLUMNS: Final = (
     "event_id, event_type, event_version, key, source, correlation_id, value, received_at_ms, "
-    "traceparent"
+    "traceparent, crc"
 )
-_ROW_PLACEHOLDER: Final = "(?,?,?,?,?,?,?,?,?)"
+_ROW_PLACEHOLDER: Final = "(?,?,?,?,?,?,?,?,?,?)"
 _FORWARDED_MARK: Final = "forwarded_seq"
 _STORE_ID: Final = "store_id"
 
@@ -56,7 +58,8 @@ CREATE TABLE IF NOT EXISTS events (
     correlation_id TEXT NOT NULL,
     value BLOB NOT NULL,
     received_at_ms INTEGER NOT NULL,
-    traceparent TEXT
+    traceparent TEXT,
+    crc INTEGER
 );
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
@@ -92,8 +95,13 @@ class SqliteEventStore:
         max_group_events: int = 5000,
         max_bytes: int | None = None,
         on_commit: Callable[[int], None] | None = None,
+        crash_hook: Callable[[str], None] | None = None,
+        check_at_open: bool = True,
     ) -> None:
         self._path = path
+        self._check_at_open = check_at_open
+        self._crash_hook = crash_hook or (lambda point: None)
+        """Testing: called at ``mid_store_commit`` (rows inserted, COMMIT not yet run)."""
         self._max_group_events = max_group_events
         self._max_bytes = max_bytes
         self._db: aiosqlite.Connection | None = None
@@ -121,20 +129,25 @@ class SqliteEventStore:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA busy_timeout=5000")
+            if self._check_at_open:
+                await _quick_check(db, self._path)
             await db.executescript(_SCHEMA)
             async with db.execute("PRAGMA table_info(events)") as cursor:
                 columns = {str(row[1]) for row in await cursor.fetchall()}
-            if "traceparent" not in columns:  # a store made by schema version 1
-                await db.execute("ALTER TABLE events ADD COLUMN traceparent TEXT")
+            for column, kind in (("traceparent", "TEXT"), ("crc", "INTEGER")):
+                if column not in columns:  # a store made by an older schema version
+                    await db.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
             await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             if self._max_bytes is not None:
                 async with db.execute("PRAGMA page_size") as cursor:
                     row = await cursor.fetchone()
                 page_size = int(row[0]) if row else 4096
                 await db.execute(f"PRAGMA max_page_count={max(1, self._max_bytes // page_size)}")
-        except sqlite3.DatabaseError as exc:
+        except BaseException as exc:
             await db.close()
-            raise translate_sqlite_error(exc, f"cannot open store {self._path}") from exc
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise translate_sqlite_error(exc, f"cannot open store {self._path}") from exc
+            raise
         self._db = db
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
         async with self._transaction("create store id") as tx:
@@ -367,6 +380,7 @@ class SqliteEventStore:
                         e.value,
                         now_ms,
                         e.traceparent,
+                        zlib.crc32(e.value),
                     )
                 async with db.execute(
                     f"INSERT INTO events ({_COLUMNS}) VALUES "
@@ -375,6 +389,7 @@ class SqliteEventStore:
                     params,
                 ) as cursor:
                     inserted.update(str(row[0]) for row in await cursor.fetchall())
+            self._crash_hook("mid_store_commit")
         if self._on_commit is not None:
             self._on_commit(len(events))
         if inserted:
@@ -387,11 +402,12 @@ class SqliteEventStore:
 
 def _row_to_stored(row: Any) -> StoredEvent:
     # Column types are fixed by the schema (and this runs per forwarded event): no coercion.
-    seq, event_id, event_type, version, key, source, correlation, value, received_at_ms, trace = row
+    seq, event_id, event_type, version, key, source, correlation, value, at_ms, trace, crc = row
     return StoredEvent(
         seq=seq,
         event=StorableEvent(event_id, event_type, version, key, source, correlation, value, trace),
-        received_at_ms=received_at_ms,
+        received_at_ms=at_ms,
+        damaged=crc is not None and zlib.crc32(value) != crc,
     )
 
 
@@ -402,6 +418,19 @@ def translate_sqlite_error(exc: sqlite3.DatabaseError, what: str) -> StoreError:
     if code == sqlite3.SQLITE_FULL:
         return StoreUnavailable(f"{what}: store is full (quota or disk): {exc}")
     return StoreUnavailable(f"{what}: {exc}")
+
+
+async def _quick_check(db: aiosqlite.Connection, path: Path) -> None:
+    """Refuse a damaged file (SQLite's ``quick_check``: page and index structure) with a clear
+    :class:`~gateway.errors.StoreCorrupt` rather than serve from it."""
+    async with db.execute("PRAGMA quick_check(5)") as cursor:
+        problems = [str(row[0]) for row in await cursor.fetchall()]
+    if problems != ["ok"]:
+        raise StoreCorrupt(
+            f"store {path} is damaged ({'; '.join(problems)[:500]}): the gateway will not "
+            "serve from it. Move it aside (with its -wal file) and start again with an empty "
+            "store, or restore a copy; `sqlite3 <file> .recover` may save its events"
+        )
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:

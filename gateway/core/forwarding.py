@@ -20,6 +20,7 @@ from gateway.core.records import OutRecord, StoredEvent
 from gateway.core.routing import TopicRouter
 
 CONTENT_TYPE = b"application/json"
+DAMAGED_REASON = "stored bytes damaged (checksum mismatch): not forwarded, kept in quarantine"
 
 
 def metadata_headers(event: StorableEvent) -> tuple[tuple[str, bytes], ...]:
@@ -71,7 +72,10 @@ def dead_letter_record(
         "received_at_ms": stored.received_at_ms,
     }
     encoded = base64.b64encode(event.value).decode()
-    if len(encoded) + 2048 <= max_bytes:
+    if stored.damaged:
+        letter["envelope_b64"] = None
+        letter["envelope_note"] = "damaged in the gateway's store; kept in quarantine"
+    elif len(encoded) + 2048 <= max_bytes:
         letter["envelope_b64"] = encoded
     else:
         letter["envelope_b64"] = None
@@ -110,7 +114,7 @@ def plan_records(
     dead: dict[LocalSeq, str] = {}
     for stored in batch:
         record = event_record(stored, router)
-        reason = refused.get(stored.seq)
+        reason = DAMAGED_REASON if stored.damaged else refused.get(stored.seq)
         near_limit = len(record.value) + 4096 > max_record_bytes  # headers and key are small
         if reason is None and near_limit and record.size > max_record_bytes:
             reason = f"record of ~{record.size} bytes exceeds the {max_record_bytes}-byte limit"
@@ -122,7 +126,7 @@ def plan_records(
                 topic=dead_letter_topic,
                 intended_topic=record.topic,
                 instance=instance,
-                max_bytes=0 if stored.seq in bare_letters else max_record_bytes,
+                max_bytes=0 if stored.seq in bare_letters or stored.damaged else max_record_bytes,
             )
         records.append(record)
     return BatchRecords(records, dead, batch[-1].seq)

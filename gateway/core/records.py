@@ -15,6 +15,8 @@ class StoredEvent:
     seq: LocalSeq
     event: StorableEvent
     received_at_ms: int
+    damaged: bool = False
+    """The stored bytes fail their checksum (disk damage): never forwarded as they are."""
 
 
 @dataclass(frozen=True, slots=True)

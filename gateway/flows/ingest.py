@@ -6,7 +6,8 @@ Nothing is acknowledged before the store has committed every accepted event of t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from gateway.core.authz import Principal
 from gateway.core.ingest import (
@@ -36,6 +37,8 @@ class IngestFlow:
     limits: SubjectLimits = UNLIMITED
     fleet: FleetDedup | None = None
     """Dedup across the instances of a fleet (Redis); ``None``: this instance alone."""
+    crash_hook: Callable[[str], None] = field(default=lambda point: None)
+    """Testing: called at the named points ``after_parse`` and ``after_store_commit``."""
 
     async def ingest(
         self, body: object, principal: Principal, traceparent: str | None = None
@@ -64,6 +67,7 @@ class IngestFlow:
         except RequestError as exc:
             self.metrics.requests_refused.labels(exc.code).inc()
             raise
+        self.crash_hook("after_parse")
         if traceparent is not None:
             plan.to_store = [replace(e, traceparent=traceparent) for e in plan.to_store]
         plan, claimed = await self._claim(plan)
@@ -73,6 +77,7 @@ class IngestFlow:
             self.metrics.store_refusals.inc()
             await self._release(claimed)
             raise
+        self.crash_hook("after_store_commit")
         await self._confirm(claimed)
         results = finish_batch(plan, stored)
         for status in Status:

@@ -18,6 +18,7 @@ from gateway.core.records import OutRecord, StoredEvent
 from gateway.core.routing import DEFAULT_ROUTES, TopicRouter
 from gateway.errors import KafkaUnavailable
 from gateway.flows.forwarder import Forwarder, ForwarderSettings
+from gateway.flows.ports import EventStore
 from gateway.flows.sessions import LinkState
 from gateway.metrics import GatewayMetrics
 from tests.factories import storable
@@ -25,7 +26,7 @@ from tests.factories import storable
 DLQ = "dead-letters"
 
 
-def make_forwarder(store: MemoryEventStore, publisher: MemoryPublisher) -> Forwarder:
+def make_forwarder(store: EventStore, publisher: MemoryPublisher) -> Forwarder:
     settings = ForwarderSettings(
         router=TopicRouter(DEFAULT_ROUTES),
         dead_letter_topic=DLQ,
@@ -50,7 +51,7 @@ async def running() -> AsyncIterator[tuple[MemoryEventStore, MemoryPublisher, Fo
     await forwarder.stop()
 
 
-async def wait_drained(store: MemoryEventStore) -> None:
+async def wait_drained(store: EventStore) -> None:
     for _ in range(500):
         if (await store.backlog()).events == 0:
             return
