@@ -369,7 +369,12 @@ class Fanout:
     # -- internals --------------------------------------------------------------------------
 
     def _catch_up(self, sub: Subscription) -> None:
-        """A live subscription fell behind: replay it from its cursor again."""
+        """A live subscription fell behind: replay it from its cursor again. If its replay
+        task is still running (it fell behind while that task made it live), that task goes
+        on replaying: a second one would race it, and a page it read before the fall could
+        make it go live over a record that was never queued (a gap)."""
+        if sub.task is not None and not sub.task.done():
+            return
         sub.task = asyncio.create_task(self._replayer.run(sub, from_now=False))
 
     def _detach(self, sub: Subscription) -> None:

@@ -583,3 +583,58 @@ async def test_cursors_name_only_the_channels_topics_and_other_resets_pass_by() 
     assert offsets(drain(fresh)) == [(0, 1)]
     assert offsets(drain(resumed)) == [(0, 0), (0, 1)]
     await fanout.close()
+
+
+class BurstAfterSnapshotLog(MemoryDownstreamLog):
+    """The first read publishes a burst of live records after taking its snapshot, so that
+    the replay goes live with more buffered records than the queue has room for."""
+
+    def __init__(self, burst: Sequence[LogRecord]) -> None:
+        super().__init__()
+        self.fanout: Fanout | None = None
+        self.burst = list(burst)
+
+    async def read(
+        self, channels: Collection[str], after: Mapping[PartitionKey, KafkaOffset], limit: int
+    ) -> LogPage:
+        page = await super().read(channels, after, limit)
+        if self.burst and self.fanout is not None:
+            burst, self.burst = self.burst, []
+            await publish(self, self.fanout, burst)
+        return page
+
+
+async def test_falling_behind_while_going_live_keeps_one_replay_task() -> None:
+    # the page brings 2 records (+ the CaughtUp marker: the queue of 3 is full) and 3 records
+    # arrive live meanwhile: going live overflows the queue, the subscription falls behind
+    dlog = BurstAfterSnapshotLog([rec(INV, 0, o, S1) for o in range(2, 5)])
+    fanout = Fanout(dlog, EPOCH, max_queue=3, page_size=10)
+    dlog.fanout = fanout
+    await publish(dlog, fanout, [rec(INV, 0, 0, S1), rec(INV, 0, 1, S1)])
+    active, most = 0, 0
+    run = fanout._replayer.run
+
+    async def counted(sub: Subscription, *, from_now: bool) -> None:
+        nonlocal active, most
+        active += 1
+        most = max(most, active)
+        try:
+            await run(sub, from_now=from_now)
+        finally:
+            active -= 1
+
+    fanout._replayer.run = counted  # type: ignore[method-assign]
+    sub = fanout.subscribe(S1, Cursor(EPOCH, {INV: {0: 0}}))
+    got: list[Item] = []
+    async with asyncio.timeout(10):
+        while len(offsets(got)) < 5:
+            got.append(await sub.next_item())
+            await asyncio.sleep(0)  # a slow reader: the replay and live race for the queue
+        await publish(dlog, fanout, [rec(INV, 0, o, S1) for o in range(5, 12)])
+        while len(offsets(got)) < 12:
+            got.append(await sub.next_item())
+            await asyncio.sleep(0)
+    assert offsets(got) == [(0, o) for o in range(12)]  # no gap, no repeat
+    assert sub.fell_behind >= 1
+    assert most == 1, "two replay tasks ran for one subscription"
+    await fanout.close()
