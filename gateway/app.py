@@ -183,7 +183,7 @@ class Gateway:
         self.schemas = SchemaRegistry.load(config.schema_dir)
         router = TopicRouter(config.topic_routes)
         router.check_covers(self.schemas.event_types)
-        crash_hook = _crash_hook(config.crash_point)
+        crash_hook = self.crash_hook = _crash_hook(config.crash_point)
         self.store = SqliteEventStore(
             config.store_path,
             max_group_events=config.group_commit_max_events,
@@ -268,6 +268,7 @@ class Gateway:
             history=self.history,
             channels=self.channels,
             topics_for=self.channels.topics_for,
+            crash_hook=self.crash_hook,
         )
         self.consumer.add_listener(self.fanout)
         self.codec = CursorCodec(cursor_key(config))

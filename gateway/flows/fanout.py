@@ -264,6 +264,7 @@ class Fanout:
         channels: RecordChannels | None = None,
         retry_cap_s: float = 10.0,
         topics_for: Callable[[str], Collection[str]] | None = None,
+        crash_hook: Callable[[str], None] | None = None,
     ) -> None:
         """``topics_for`` says which topics can hold a channel's records (e.g.
         ``ChannelMapper.topics_for``): cursors then name those topics only. ``now`` gives the
@@ -286,6 +287,7 @@ class Fanout:
             channels=channels,
             page_size=page_size,
             retry_cap_s=retry_cap_s,
+            crash_hook=crash_hook,
         )
         self._by_channel: dict[str, set[Subscription]] = {}
 

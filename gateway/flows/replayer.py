@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final
 
@@ -110,6 +110,7 @@ class Replayer:
         channels: RecordChannels | None = None,
         page_size: int = 500,
         retry_cap_s: float = 10.0,
+        crash_hook: Callable[[str], None] | None = None,
     ) -> None:
         if (history is None) != (channels is None):
             raise ValueError("replay from Kafka needs both history and channels")
@@ -123,6 +124,8 @@ class Replayer:
         self._channels = channels
         self._page = page_size
         self._retry_cap_s = retry_cap_s
+        self._crash_hook = crash_hook or (lambda point: None)
+        """Testing: called at ``mid_replay`` (a page delivered, the replay not complete)."""
 
     @property
     def epoch(self) -> Epoch | None:
@@ -280,6 +283,8 @@ class Replayer:
         for record in page.records:
             sub._deliver(record)  # never overflows: limit <= room, and only replay enqueues
         sub.cursor = sub.cursor.advance_many(moved)
+        if page.records and not page.complete:
+            self._crash_hook("mid_replay")
         return page.complete
 
 

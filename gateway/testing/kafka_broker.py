@@ -84,6 +84,13 @@ class KafkaBroker(ServerProcess):
     `workdir` holds server.properties, log4j2.yaml, broker.log and the data directory `data/`.
     Storage is formatted on the first start only, so stop()/start() keeps topics and committed
     data. Ports are chosen at construction, so a restart keeps the bootstrap address.
+
+    `advertised_port` / `advertised_host` (default: the broker's own port and 127.0.0.1) make
+    the broker advertise another address to clients, e.g. a fault-injecting proxy relaying to
+    `port`: clients that bootstrap anywhere then talk to the broker through that address. It
+    must relay to the broker before start() (the readiness check follows the advertisement).
+    The broker's own inter-broker traffic (e.g. transaction markers to itself) then uses a
+    third, direct listener (`internal_port`), so that only clients go through that address.
     """
 
     def __init__(
@@ -94,6 +101,8 @@ class KafkaBroker(ServerProcess):
         controller_port: int | None = None,
         libs: Path | None = None,
         extra_properties: Mapping[str, str] | None = None,
+        advertised_port: int | None = None,
+        advertised_host: str | None = None,
     ) -> None:
         self.workdir = Path(workdir).expanduser().resolve()
         spare = iter([p for p in free_ports(3) if p not in (port, controller_port)])
@@ -101,6 +110,12 @@ class KafkaBroker(ServerProcess):
         self.controller_port = controller_port if controller_port is not None else next(spare)
         if self.controller_port == self.port:
             raise ValueError("the broker and controller ports must differ")
+        self.advertised_port = advertised_port if advertised_port is not None else self.port
+        self.advertised_host = advertised_host if advertised_host is not None else LOOPBACK
+        self.internal_port: int | None = None
+        """The direct inter-broker listener's port, only when advertising another address."""
+        if self.advertised_bootstrap != f"{LOOPBACK}:{self.port}":
+            self.internal_port = next(spare)
         self._libs = libs
         self._extra = dict(extra_properties or {})
         self._child: ChildProcess | None = None
@@ -136,6 +151,12 @@ class KafkaBroker(ServerProcess):
         return f"{LOOPBACK}:{self.port}"
 
     @property
+    def advertised_bootstrap(self) -> str:
+        """The address the broker advertises, "<advertised_host>:<advertised_port>" (the same
+        as `bootstrap` unless an advertised port or host was given)."""
+        return f"{self.advertised_host}:{self.advertised_port}"
+
+    @property
     def is_running(self) -> bool:
         """Whether the broker process is alive (it may be paused)."""
         return self._child is not None and self._child.poll() is None
@@ -154,7 +175,7 @@ class KafkaBroker(ServerProcess):
             "listeners": (
                 f"PLAINTEXT://{LOOPBACK}:{self.port},CONTROLLER://{LOOPBACK}:{self.controller_port}"
             ),
-            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self.port}",
+            "advertised.listeners": f"PLAINTEXT://{self.advertised_bootstrap}",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
@@ -173,6 +194,12 @@ class KafkaBroker(ServerProcess):
             "auto.create.topics.enable": "false",
             "log.retention.check.interval.ms": "5000",
         }
+        if self.internal_port is not None:
+            internal = f"INTERNAL://{LOOPBACK}:{self.internal_port}"
+            props["listeners"] += f",{internal}"
+            props["advertised.listeners"] += f",{internal}"
+            props["listener.security.protocol.map"] += ",INTERNAL:PLAINTEXT"
+            props["inter.broker.listener.name"] = "INTERNAL"
         props.update(self._extra)
         return props
 
@@ -203,8 +230,8 @@ class KafkaBroker(ServerProcess):
         java = find_java()
         libs = self._resolve_libs()
         self._write_config()
-        for port in (self.port, self.controller_port):
-            if not port_is_bindable(port):
+        for port in (self.port, self.controller_port, self.internal_port):
+            if port is not None and not port_is_bindable(port):
                 raise RuntimeError(
                     f"port {LOOPBACK}:{port} is already in use (another broker still running?)"
                 )
