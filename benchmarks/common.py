@@ -8,6 +8,7 @@ import sqlite3
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,8 +95,9 @@ class RawHttpConnection:
     which would measure the client instead of the gateway.)
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, headers: Mapping[str, str] | None = None) -> None:
         self._host, self._port = host, port
+        self._extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -105,7 +107,7 @@ class RawHttpConnection:
         assert self._reader is not None
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"Content-Length: {len(body)}\r\n{self._extra}\r\n"
         ).encode()
         self._writer.write(head + body)
         status_line = await self._reader.readline()
