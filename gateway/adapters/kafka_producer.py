@@ -160,6 +160,7 @@ class AiokafkaPublisher:
         if producer is None:
             raise KafkaUnavailable("the Kafka link is not open")
         refused: dict[int, str] = {}
+        sent: list[tuple[list[int], asyncio.Future[Any]]] = []
         try:
             async with asyncio.timeout(self._s.transaction_timeout_s):
                 await producer.begin_transaction()
@@ -188,6 +189,7 @@ class AiokafkaPublisher:
                         raise RecordsRefused(refused)
                     await producer.commit_transaction()
                 except BaseException:
+                    _retrieve_failures(sent)  # one failure is raised; the others are known
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(producer.abort_transaction(), 5)
                     raise
@@ -333,3 +335,15 @@ async def _last_value_for(
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:
     await close_quietly(producer.stop())
+
+
+def _retrieve_failures(sent: Sequence[tuple[list[int], asyncio.Future[Any]]]) -> None:
+    """Mark the failures of a failed transaction's deliveries as seen (asyncio would log
+    every one as "never retrieved")."""
+    for _, future in sent:
+        future.add_done_callback(_seen)
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
