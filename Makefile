@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install kafka-jars redis-server docker-compose bench clean
+.PHONY: run test lint install kafka-jars redis-server libfaketime docker-compose bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ kafka-jars: $(STAMP)
 redis-server:
 	@command -v redis-server >/dev/null || { \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+
+# Debian's libfaketime, for the client clock-skew scenario (tests/reliability/test_client_faults.py).
+libfaketime:
+	@test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfaketime; }
 
 # Docker Compose v2 (the docker CLI plugin), for the `docker compose config` checks of docker/:
 # when `docker compose` is missing, it is built from its Go module (proxy.golang.org, Go >= 1.24)
@@ -50,7 +55,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) kafka-jars redis-server docker-compose lint
+test: $(STAMP) kafka-jars redis-server libfaketime docker-compose lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 run: $(STAMP)
