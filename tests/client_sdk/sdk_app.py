@@ -36,6 +36,14 @@ async def main(url: str, workdir: Path, total: int) -> int:
     subscriber.subscribe(CHANNEL, on_update)
     async with Uploader(outbox, url, batch_events=100, backoff=Backoff(base=0.05, cap=0.5)) as up:
         tasks = [asyncio.create_task(up.run()), asyncio.create_task(subscriber.run())]
+        # A first subscription starts "from now": publish nothing before the channel has a
+        # cursor, or the first events could reach the stream before the subscription does.
+        for _ in range(6000):  # bounded: 10 minutes
+            if store.get(CHANNEL) is not None:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            return 1
         for quantity in range(outbox.last_seq(), total):  # resumes where the last run stopped
             payload = {"storeId": STORE, "sku": "SKU-1", "quantity": quantity, "reason": "sale"}
             outbox.publish(
