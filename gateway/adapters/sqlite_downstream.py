@@ -380,11 +380,14 @@ class SqliteDownstreamLog:
         async with self._read_lock:
             db = self._require(self._reader)
             try:
-                await db.execute("BEGIN")
                 try:
+                    # BEGIN inside the try: a cancelled BEGIN still runs on aiosqlite's thread,
+                    # and a reader left inside a transaction fails every later read
+                    await db.execute("BEGIN")
                     return [await _fetch(db, sql, params) for sql, params in statements]
                 finally:
-                    await db.execute("COMMIT")
+                    with contextlib.suppress(sqlite3.Error):  # "no transaction": none to end
+                        await asyncio.shield(_end_read(db))
             except sqlite3.DatabaseError as exc:
                 raise translate_sqlite_error(exc, "downstream log read failed") from exc
 
@@ -483,3 +486,7 @@ def _row_record(row: Any) -> LogRecord:
         timestamp_ms=timestamp_ms,
         channels=tuple(json.loads(channels)),
     )
+
+
+async def _end_read(db: aiosqlite.Connection) -> None:
+    await db.execute("ROLLBACK")  # a read transaction: nothing to keep

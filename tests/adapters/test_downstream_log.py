@@ -511,3 +511,20 @@ async def test_sqlite_matches_the_reference_under_random_operations(tmp_path: Pa
                 assert await real.snapshot(
                     channel, after_key=after_key, limit=limit
                 ) == await model.snapshot(channel, after_key=after_key, limit=limit), (seed, step)
+
+
+@pytest.mark.parametrize("steps", range(1, 8))
+async def test_a_cancelled_read_leaves_the_log_readable(dlog: DownstreamLog, steps: int) -> None:
+    """A replay task is cancelled when its client drops mid-replay: at any point of its read."""
+    await dlog.append_batch([rec(INV, 0, o, "c") for o in range(50)], {})
+    for _ in range(3):
+        read = asyncio.create_task(dlog.read(["c"], {}, 100))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        read.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await read
+    page = await dlog.read(["c"], {}, 100)
+    assert len(page.records) == 50
+    await dlog.append_batch([rec(INV, 0, 50, "c")], {})  # and writable: no open snapshot
+    assert len((await dlog.read(["c"], {}, 100)).records) == 51
