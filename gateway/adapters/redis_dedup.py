@@ -69,13 +69,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Final
 
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from gateway.adapters.redis_limits import DEFAULT_PREFIX, bounded_key, check_prefix, redis_client
+from gateway.adapters.redis_limits import (
+    DEFAULT_PREFIX,
+    RedisClientContext,
+    bounded_key,
+    check_prefix,
+    redis_client,
+)
 from gateway.core.ingest import Claim
 from gateway.errors import FleetDedupUnavailable
 
@@ -132,7 +137,7 @@ return n
 """
 
 
-class RedisFleetDedup:
+class RedisFleetDedup(RedisClientContext):
     """Claims, confirms and releases event ids for the fleet (see the module doc)."""
 
     def __init__(
@@ -273,17 +278,6 @@ class RedisFleetDedup:
     async def close(self) -> None:
         """Close the Redis connections; the object must not be used afterwards."""
         await self._client.aclose()
-
-    async def __aenter__(self) -> RedisFleetDedup:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def _chunks(ids: list[str]) -> list[list[str]]:

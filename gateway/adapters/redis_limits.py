@@ -35,7 +35,7 @@ import math
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Final
+from typing import Final, Self
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -113,7 +113,25 @@ def redis_client(url: str, *, socket_timeout_s: float, max_connections: int) -> 
     return Redis.from_pool(pool)
 
 
-class RedisRateLimiter:
+class RedisClientContext:
+    """``async with`` for the Redis adapters: :meth:`close` on the way out."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class RedisRateLimiter(RedisClientContext):
     """Token buckets per key shared by every instance using the same Redis (see module doc).
 
     Satisfies :class:`gateway.core.rate_limit.RateLimiter`. Close it with :meth:`close` (or use
@@ -200,17 +218,6 @@ class RedisRateLimiter:
         """Close the Redis connections; the limiter must not be used afterwards."""
         await self._client.aclose()
         await self.local.close()
-
-    async def __aenter__(self) -> RedisRateLimiter:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def _parse_reply(reply: object) -> Decision:

@@ -96,10 +96,8 @@ class SqliteEventStore:
         max_bytes: int | None = None,
         on_commit: Callable[[int], None] | None = None,
         crash_hook: Callable[[str], None] | None = None,
-        check_at_open: bool = True,
     ) -> None:
         self._path = path
-        self._check_at_open = check_at_open
         self._crash_hook = crash_hook or (lambda point: None)
         """Testing: called at ``mid_store_commit`` (rows inserted, COMMIT not yet run)."""
         self._max_group_events = max_group_events
@@ -129,8 +127,7 @@ class SqliteEventStore:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA busy_timeout=5000")
-            if self._check_at_open:
-                await _quick_check(db, self._path)
+            await _quick_check(db, self._path)
             await db.executescript(_SCHEMA)
             async with db.execute("PRAGMA table_info(events)") as cursor:
                 columns = {str(row[1]) for row in await cursor.fetchall()}
