@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.core.ids import EventId
@@ -62,3 +65,14 @@ def storable(event_id: str | None = None, key: str = "k") -> StorableEvent:
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 """A valid W3C trace context."""
+
+
+async def cancel_after(start: Callable[[], Awaitable[object]], steps: int) -> None:
+    """Start a call, let it run ``steps`` loop iterations, cancel it and wait until it ends
+    (a request whose client went away, cut at a chosen point)."""
+    task = asyncio.ensure_future(start())
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -43,7 +43,7 @@ from typing import Any, Final
 import aiosqlite
 import msgpack
 
-from gateway.adapters.sqlite_store import translate_sqlite_error, write_transaction
+from gateway.adapters.sqlite_store import fetch_all, translate_sqlite_error, write_transaction
 from gateway.core.ids import Epoch, KafkaOffset
 from gateway.errors import StoreUnavailable
 from gateway.flows.downstream_ports import (
@@ -200,7 +200,7 @@ class SqliteDownstreamLog:
         self, records: Sequence[LogRecord], positions: Mapping[PartitionKey, KafkaOffset]
     ) -> list[LogRecord]:
         async with self._transaction("append") as db:
-            known = _bounds_of(await _fetch(db, _POSITIONS_SQL))
+            known = _bounds_of(await fetch_all(db, _POSITIONS_SQL))
             nexts = {key: bounds.next for key, bounds in known.items()}
             starts: dict[PartitionKey, int] = {}
             fresh: list[LogRecord] = []
@@ -217,7 +217,7 @@ class SqliteDownstreamLog:
                 if key not in nexts:
                     starts[key] = position
                 nexts[key] = max(nexts.get(key, position), position)
-            [(seq,)] = await _fetch(db, "SELECT coalesce(max(seq), 0) FROM records")
+            [(seq,)] = await fetch_all(db, "SELECT coalesce(max(seq), 0) FROM records")
             rows: list[tuple[object, ...]] = []
             channel_rows: list[tuple[str, int]] = []
             latest: dict[tuple[str, bytes], tuple[object, ...] | None] = {}  # None: tombstone
@@ -285,7 +285,7 @@ class SqliteDownstreamLog:
         """Delete up to _PRUNE_CHUNK records of the partition's old prefix; how many."""
         where, params = "WHERE topic = ? AND part = ?", [topic, partition]
         async with self._transaction("prune") as db:
-            kept = await _fetch(
+            kept = await fetch_all(
                 db,
                 f"SELECT kafka_offset FROM records {where} AND timestamp_ms >= ?"
                 " ORDER BY kafka_offset LIMIT 1",
@@ -293,7 +293,7 @@ class SqliteDownstreamLog:
             )
             if kept:
                 where, params = f"{where} AND kafka_offset < ?", [*params, kept[0][0]]
-            last_of_chunk = await _fetch(
+            last_of_chunk = await fetch_all(
                 db,
                 f"SELECT kafka_offset FROM records {where} ORDER BY kafka_offset LIMIT 1 OFFSET ?",
                 [*params, _PRUNE_CHUNK - 1],
@@ -384,7 +384,7 @@ class SqliteDownstreamLog:
                     # BEGIN inside the try: a cancelled BEGIN still runs on aiosqlite's thread,
                     # and a reader left inside a transaction fails every later read
                     await db.execute("BEGIN")
-                    return [await _fetch(db, sql, params) for sql, params in statements]
+                    return [await fetch_all(db, sql, params) for sql, params in statements]
                 finally:
                     with contextlib.suppress(sqlite3.Error):  # "no transaction": none to end
                         await asyncio.shield(_end_read(db))
@@ -395,7 +395,7 @@ class SqliteDownstreamLog:
         """One statement on the reader connection (its own snapshot)."""
         async with self._read_lock:
             try:
-                return await _fetch(self._require(self._reader), sql)
+                return await fetch_all(self._require(self._reader), sql)
             except sqlite3.DatabaseError as exc:
                 raise translate_sqlite_error(exc, "downstream log read failed") from exc
 
@@ -430,11 +430,6 @@ def _family(channel: str) -> str | None:
     return family if colon else None
 
 
-async def _fetch(db: aiosqlite.Connection, sql: str, params: Sequence[object] = ()) -> list[Any]:
-    async with db.execute(sql, params) as cursor:
-        return list(await cursor.fetchall())
-
-
 def _bounds_of(rows: list[Any]) -> dict[PartitionKey, LogBounds]:
     return {
         (str(topic), int(part)): LogBounds(KafkaOffset(int(start)), KafkaOffset(int(next_)))
@@ -448,7 +443,7 @@ async def _delete_below(
     """Delete the partition's records below an offset (all if None); (count, highest) or None."""
     where = "topic = ? AND part = ?" + (" AND kafka_offset < ?" if below is not None else "")
     params = (topic, partition, *([below] if below is not None else []))
-    [row] = await _fetch(
+    [row] = await fetch_all(
         db, f"SELECT count(*), max(kafka_offset) FROM records WHERE {where}", params
     )
     if not row[0]:

@@ -129,16 +129,14 @@ class SqliteEventStore:
             await db.execute("PRAGMA busy_timeout=5000")
             await _quick_check(db, self._path)
             await db.executescript(_SCHEMA)
-            async with db.execute("PRAGMA table_info(events)") as cursor:
-                columns = {str(row[1]) for row in await cursor.fetchall()}
+            columns = {str(row[1]) for row in await fetch_all(db, "PRAGMA table_info(events)")}
             for column, kind in (("traceparent", "TEXT"), ("crc", "INTEGER")):
                 if column not in columns:  # a store made by an older schema version
                     await db.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
             await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             if self._max_bytes is not None:
-                async with db.execute("PRAGMA page_size") as cursor:
-                    row = await cursor.fetchone()
-                page_size = int(row[0]) if row else 4096
+                rows = await fetch_all(db, "PRAGMA page_size")
+                page_size = int(rows[0][0]) if rows else 4096
                 await db.execute(f"PRAGMA max_page_count={max(1, self._max_bytes // page_size)}")
         except BaseException as exc:
             await db.close()
@@ -274,14 +272,14 @@ class SqliteEventStore:
         now = _now_ms()
         async with self._transaction("replay quarantined") as db:
             for entry in entries:
-                async with db.execute(
-                    f"SELECT {_COLUMNS} FROM events WHERE seq = ?", (entry.seq,)
-                ) as cursor:
-                    row = await cursor.fetchone()
-                if row is not None:
+                rows = await fetch_all(
+                    db, f"SELECT {_COLUMNS} FROM events WHERE seq = ?", (entry.seq,)
+                )
+                if rows:
                     await db.execute("DELETE FROM events WHERE seq = ?", (entry.seq,))
                     await db.execute(
-                        f"INSERT INTO events ({_COLUMNS}) VALUES {_ROW_PLACEHOLDER}", tuple(row)
+                        f"INSERT INTO events ({_COLUMNS}) VALUES {_ROW_PLACEHOLDER}",
+                        tuple(rows[0]),
                     )
                 await db.execute(
                     "UPDATE quarantine SET replayed_at_ms = ? WHERE seq = ?", (now, entry.seq)
@@ -308,8 +306,7 @@ class SqliteEventStore:
     ) -> list[sqlite3.Row | tuple[object, ...]]:
         db = self._require_open()
         try:
-            async with db.execute(sql, params) as cursor:
-                return list(await cursor.fetchall())
+            return await fetch_all(db, sql, params)
         except sqlite3.DatabaseError as exc:
             raise translate_sqlite_error(exc, "store read failed") from exc
 
@@ -379,13 +376,14 @@ class SqliteEventStore:
                         e.traceparent,
                         zlib.crc32(e.value),
                     )
-                async with db.execute(
+                rows = await fetch_all(
+                    db,
                     f"INSERT INTO events ({_COLUMNS}) VALUES "
                     f"{','.join([_ROW_PLACEHOLDER] * len(chunk))} "
                     "ON CONFLICT(event_id) DO NOTHING RETURNING event_id",
                     params,
-                ) as cursor:
-                    inserted.update(str(row[0]) for row in await cursor.fetchall())
+                )
+                inserted.update(str(row[0]) for row in rows)
             self._crash_hook("mid_store_commit")
         if self._on_commit is not None:
             self._on_commit(len(events))
@@ -408,6 +406,18 @@ def _row_to_stored(row: Any) -> StoredEvent:
     )
 
 
+async def fetch_all(db: aiosqlite.Connection, sql: str, params: Sequence[object] = ()) -> list[Any]:
+    """Every row of one statement, run to its end in one call on aiosqlite's thread.
+
+    Never ``async with db.execute(...)`` then ``fetchall()``: a task cancelled between the two
+    (a client that disconnects mid-read) leaves the statement stepped but not reset, and an
+    active statement holds its read snapshot: every later read on that connection sees the
+    database as it was then (a replay that goes live on such a page skips what was committed
+    since). Here the thread always runs the statement to completion.
+    """
+    return list(await db.execute_fetchall(sql, params))
+
+
 def translate_sqlite_error(exc: sqlite3.DatabaseError, what: str) -> StoreError:
     code = getattr(exc, "sqlite_errorcode", None)
     if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
@@ -420,8 +430,7 @@ def translate_sqlite_error(exc: sqlite3.DatabaseError, what: str) -> StoreError:
 async def _quick_check(db: aiosqlite.Connection, path: Path) -> None:
     """Refuse a damaged file (SQLite's ``quick_check``: page and index structure) with a clear
     :class:`~gateway.errors.StoreCorrupt` rather than serve from it."""
-    async with db.execute("PRAGMA quick_check(5)") as cursor:
-        problems = [str(row[0]) for row in await cursor.fetchall()]
+    problems = [str(row[0]) for row in await fetch_all(db, "PRAGMA quick_check(5)")]
     if problems != ["ok"]:
         raise StoreCorrupt(
             f"store {path} is damaged ({'; '.join(problems)[:500]}): the gateway will not "

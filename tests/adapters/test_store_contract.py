@@ -1,7 +1,7 @@
 """The same assertions against every EventStore implementation."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +12,7 @@ from gateway.adapters.sqlite_store import SqliteEventStore
 from gateway.core.ids import LocalSeq
 from gateway.core.records import Backlog, QuarantineEntry
 from gateway.flows.ports import EventStore
-from tests.factories import storable
+from tests.factories import cancel_after, storable
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -135,3 +135,27 @@ async def test_trace_context_is_kept_with_the_event(store: EventStore) -> None:
     [first, second] = await store.read_after(LocalSeq(0), 10)
     assert first.event == traced
     assert second.event.traceparent is None
+
+
+@pytest.mark.parametrize("steps", range(1, 7))
+async def test_a_cancelled_read_leaves_the_store_current_and_writable(
+    store: EventStore, steps: int
+) -> None:
+    """A request cancelled mid-read (its client went away) must not pin the store's view: a
+    statement left active would hold an old snapshot, hiding later commits from every read on
+    that connection (and a write transaction could not start on it)."""
+    await store.append([storable() for _ in range(20)])
+    reads: list[Callable[[], Awaitable[object]]] = [
+        lambda: store.read_after(LocalSeq(0), 1000),
+        lambda: store.backlog(),
+        lambda: store.count(),
+        lambda: store.quarantined(),
+    ]
+    expected = 20
+    for start in reads:
+        await cancel_after(start, steps)
+        assert await store.append([storable()]) == [True]
+        expected += 1
+        assert await store.count() == expected
+        assert len(await store.read_after(LocalSeq(0), 1000)) == expected
+        assert (await store.backlog()).events == expected
