@@ -8,7 +8,7 @@ import logging
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Final, Literal
 
 CORRELATION_ID: ContextVar[str | None] = ContextVar("sync_gateway_correlation_id", default=None)
 """The correlation id of the request the current task serves (set by the HTTP edge)."""
@@ -46,9 +46,31 @@ class _TextFormatter(logging.Formatter):
         return text if correlation is None else f"{text} [correlation_id={correlation}]"
 
 
+KAFKA_TRANSIENT_ERRORS: Final = (
+    "NotLeaderForPartitionError",
+    "LeaderNotAvailableError",
+    "NotCoordinatorForGroupError",
+    "CoordinatorLoadInProgressError",
+)
+"""Errors aiokafka logs at ERROR level and then retries by itself (e.g. while a topic just
+created elects its leader): warnings, not errors, for whoever alerts on error lines."""
+
+
+def demote_transient_kafka_errors(record: logging.LogRecord) -> bool:
+    """A logging filter: aiokafka's retried :data:`KAFKA_TRANSIENT_ERRORS` become warnings."""
+    if (
+        record.levelno == logging.ERROR
+        and record.name.startswith("aiokafka")
+        and any(name in record.getMessage() for name in KAFKA_TRANSIENT_ERRORS)
+    ):
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
+
+
 def configure_logging(level: str, fmt: LogFormat, instance: str) -> None:
     """Route every logger (uvicorn's too) to stderr in ``fmt``."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(demote_transient_kafka_errors)
     if fmt == "json":
         handler.setFormatter(JsonFormatter(instance))
     else:
