@@ -188,6 +188,7 @@ class Gateway:
             config.store_path,
             max_group_events=config.group_commit_max_events,
             max_bytes=config.max_store_bytes,
+            min_free_bytes=config.store_min_free_bytes,
             on_commit=self.metrics.commit_group_events.observe,
             crash_hook=crash_hook,
         )

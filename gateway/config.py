@@ -47,6 +47,12 @@ class GatewayConfig(BaseSettings):
     host: str = Field(DEFAULT_HOST, description="Address the HTTP/WS server binds to.")
     port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="Port of the HTTP/WS server.")
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="Directory of the local SQLite store.")
+    downstream_dir: Path | None = Field(
+        None,
+        description="Directory of the downstream log (the streams' local history); unset: "
+        "data_dir. On a volume other than the store's, a full store device refuses ingest "
+        "(503) while streams keep delivering.",
+    )
     kafka_bootstrap: str = Field(DEFAULT_KAFKA_BOOTSTRAP, description="Kafka bootstrap servers.")
     redis_url: str | None = Field(
         None,
@@ -169,6 +175,13 @@ class GatewayConfig(BaseSettings):
     max_store_bytes: int | None = Field(
         None, gt=0, description="Store quota; ingest answers 503 when it is reached."
     )
+    store_min_free_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Reserve on the store's device: ingest answers 503 while less is free "
+        "(counting pages the store can reuse), so that forwarding, pruning and checkpoints, "
+        "which free space, never run out of it. 0 disables the check.",
+    )
     shutdown_drain_s: float = Field(
         5.0, ge=0, description="On shutdown, time given to forward the backlog."
     )
@@ -243,7 +256,7 @@ class GatewayConfig(BaseSettings):
 
     @property
     def downstream_path(self) -> Path:
-        return self.data_dir / "downstream.sqlite3"
+        return (self.downstream_dir or self.data_dir) / "downstream.sqlite3"
 
     @property
     def cursor_key_path(self) -> Path:

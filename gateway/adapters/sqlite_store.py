@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import sqlite3
 import time
 import uuid
@@ -94,14 +95,20 @@ class SqliteEventStore:
         *,
         max_group_events: int = 5000,
         max_bytes: int | None = None,
+        min_free_bytes: int = 0,
         on_commit: Callable[[int], None] | None = None,
         crash_hook: Callable[[str], None] | None = None,
     ) -> None:
+        """``min_free_bytes`` is the device's reserve: new events are refused
+        (:class:`~gateway.errors.StoreUnavailable`) while less than that is free on the store's
+        device (counting pages the store itself can reuse), so that the forwarder's marks,
+        pruning and WAL checkpoints, which free space, can always still write."""
         self._path = path
         self._crash_hook = crash_hook or (lambda point: None)
         """Testing: called at ``mid_store_commit`` (rows inserted, COMMIT not yet run)."""
         self._max_group_events = max_group_events
         self._max_bytes = max_bytes
+        self._min_free_bytes = min_free_bytes
         self._db: aiosqlite.Connection | None = None
         self._queue: deque[_Append] = deque()
         self._wakeup = asyncio.Event()
@@ -359,6 +366,7 @@ class SqliteEventStore:
         unique = [events[position] for position in first.values()]
         now_ms = _now_ms()
         inserted: set[str] = set()
+        await self._check_reserve()
         async with self._transaction("commit") as db:
             for start in range(0, len(unique), _ROWS_PER_STATEMENT):
                 chunk = unique[start : start + _ROWS_PER_STATEMENT]
@@ -393,6 +401,21 @@ class SqliteEventStore:
             event.event_id in inserted and first[event.event_id] == position
             for position, event in enumerate(events)
         ]
+
+    async def _check_reserve(self) -> None:
+        """Refuse a commit while the device is within its reserve (see ``__init__``)."""
+        if not self._min_free_bytes:
+            return
+        free = shutil.disk_usage(self._path.parent)  # one statvfs: microseconds, local disk
+        if free.free >= self._min_free_bytes:
+            return
+        rows = await self._query("SELECT * FROM pragma_freelist_count, pragma_page_size", ())
+        reusable = int(str(rows[0][0])) * int(str(rows[0][1]))
+        if free.free + reusable < self._min_free_bytes:
+            raise StoreUnavailable(
+                f"store device nearly full: {free.free + reusable} bytes available (free plus "
+                f"reusable pages), below the reserve of {self._min_free_bytes}"
+            )
 
 
 def _row_to_stored(row: Any) -> StoredEvent:

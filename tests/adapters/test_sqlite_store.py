@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import shutil
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -100,6 +101,42 @@ async def test_full_store_refuses_and_recovers_after_prune(tmp_path: Path) -> No
         await store.mark_forwarded(last.seq)
         assert await store.prune_forwarded(received_before_ms=2**62) == stored
         assert await store.append(big[stored : stored + 50]) == [True] * 50
+
+
+class Device:
+    """A stand-in for ``shutil.disk_usage``: the store's device with ``free`` bytes free."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self._real = shutil.disk_usage
+
+    def __call__(self, path: Path) -> object:
+        return self._real(path)._replace(free=self.free)
+
+
+async def test_ingest_keeps_off_the_device_reserve_and_recovers_as_pages_free_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below ``min_free_bytes`` (free on the device plus pages the store can reuse) new events
+    are refused and nothing changes; the forwarder's mark and pruning still write, and the
+    pages pruning frees count: ingest resumes without any space returning to the device."""
+    device = Device(free=10 * 2**20)
+    monkeypatch.setattr(shutil, "disk_usage", device)
+    reserve = 64 * 1024
+    async with SqliteEventStore(tmp_path / "s.sqlite3", min_free_bytes=reserve) as store:
+        events = [replace(storable(), value=b"x" * 2000) for _ in range(200)]
+        assert await store.append(events[:100]) == [True] * 100
+        device.free = reserve - 1
+        with pytest.raises(StoreUnavailable, match="nearly full"):
+            await store.append(events[100:])
+        assert await store.count() == 100  # the refused commit changed nothing
+        last = (await store.read_after(LocalSeq(0), 100))[-1]
+        await store.mark_forwarded(last.seq)  # bookkeeping still writes inside the reserve
+        assert await store.prune_forwarded(received_before_ms=2**62) == 100
+        assert await store.append(events[100:]) == [True] * 100  # reuses the freed pages
+        device.free = 0
+        with pytest.raises(StoreUnavailable, match="nearly full"):
+            await store.append([storable() for _ in range(100)])
 
 
 async def test_a_store_of_schema_version_1_is_upgraded_in_place(tmp_path: Path) -> None:
