@@ -406,15 +406,18 @@ class SqliteEventStore:
         """Refuse a commit while the device is within its reserve (see ``__init__``)."""
         if not self._min_free_bytes:
             return
-        free = shutil.disk_usage(self._path.parent)  # one statvfs: microseconds, local disk
-        if free.free >= self._min_free_bytes:
+        try:
+            free = shutil.disk_usage(self._path.parent).free  # one statvfs: microseconds
+        except OSError as exc:
+            raise StoreUnavailable(f"free space of the store's device unknown: {exc}") from exc
+        if free >= self._min_free_bytes:
             return
         rows = await self._query("SELECT * FROM pragma_freelist_count, pragma_page_size", ())
-        reusable = int(str(rows[0][0])) * int(str(rows[0][1]))
-        if free.free + reusable < self._min_free_bytes:
+        available = free + int(str(rows[0][0])) * int(str(rows[0][1]))
+        if available < self._min_free_bytes:
             raise StoreUnavailable(
-                f"store device nearly full: {free.free + reusable} bytes available (free plus "
-                f"reusable pages), below the reserve of {self._min_free_bytes}"
+                f"store device nearly full: {available} bytes available (free plus reusable "
+                f"pages), below the reserve of {self._min_free_bytes}"
             )
 
 
