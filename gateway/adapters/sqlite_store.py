@@ -312,10 +312,14 @@ class SqliteEventStore:
         self, sql: str, params: tuple[object, ...]
     ) -> list[sqlite3.Row | tuple[object, ...]]:
         db = self._require_open()
-        try:
-            return await fetch_all(db, sql, params)
-        except sqlite3.DatabaseError as exc:
-            raise translate_sqlite_error(exc, "store read failed") from exc
+        # Reads share the connection of the writes: taken outside a write transaction only,
+        # they never see rows of a commit still open (which may yet roll back, and give their
+        # sequence numbers to other events).
+        async with self._write_lock:
+            try:
+                return await fetch_all(db, sql, params)
+            except sqlite3.DatabaseError as exc:
+                raise translate_sqlite_error(exc, "store read failed") from exc
 
     def _transaction(
         self, what: str
