@@ -608,7 +608,7 @@ async def test_sigkill_during_replays(
                     f"inventory:{stores[i % 4]}",
                     harness.gw.url,
                     random.Random(i),
-                    apply_s=0.0005,  # replays last a few seconds: the kill lands in them
+                    apply_s=0.002,  # replays last a few seconds: the kill lands in them
                 )
                 for i in range(subscribers_n)
             ]
@@ -621,8 +621,12 @@ async def test_sigkill_during_replays(
         try:
             crowd.start(deadline)
             for _ in range(kills_planned):
-                await asyncio.sleep(rng.uniform(0.5, 2.5))
-                mid = sum(0 < len(s.positions()) < s.owed(history) for s in crowd.subscribers)
+                await asyncio.sleep(rng.uniform(0.2, 1.0))
+                for _ in range(200):  # bounded (~10 s): kill once some replay is under way
+                    mid = sum(0 < len(s.positions()) < s.owed(history) for s in crowd.subscribers)
+                    if mid:
+                        break
+                    await asyncio.sleep(0.05)
                 at = now() - started
                 await asyncio.to_thread(harness.gw.kill)
                 await asyncio.to_thread(harness.gw.wait, 30)
