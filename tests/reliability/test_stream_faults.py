@@ -418,6 +418,22 @@ class Crowd:
         return {c: len(p) for c, p in history.items()}
 
 
+def crowd_of(harness: Harness, stores: Sequence[str], n: int, apply_s: float = 0.0) -> Crowd:
+    """``n`` subscribers ``d0``..., spread over the stores' inventory channels in turn."""
+    return Crowd(
+        [
+            Subscriber(
+                f"d{i}",
+                f"inventory:{stores[i % len(stores)]}",
+                harness.gw.url,
+                random.Random(i),
+                apply_s=apply_s,
+            )
+            for i in range(n)
+        ]
+    )
+
+
 async def channel_history(harness: Harness) -> dict[str, list[Position]]:
     """Every committed update of each channel, from Kafka."""
     records = await drain(harness.bootstrap, [harness.topics.inventory])
@@ -455,14 +471,7 @@ async def test_reconnect_storm(kafka_broker: KafkaBroker, tmp_path: Path, long_r
     started = now()
     deadline = started + storm_s + 300
     async with gateway(tmp_path, kafka_broker, stream_queue_max="200") as harness:
-        crowd = Crowd(
-            [
-                Subscriber(
-                    f"d{i}", f"inventory:{stores[i % channels_n]}", harness.gw.url, random.Random(i)
-                )
-                for i in range(subscribers_n)
-            ]
-        )
+        crowd = crowd_of(harness, stores, subscribers_n)
         publisher = Publisher(harness.gw.url, random.Random(rng.random()))
         drops = rounds = flaps = 0
         try:
@@ -541,12 +550,7 @@ async def test_gateway_exits_mid_replay(
     crashes_planned = 3 if long_run else 2
     started = now()
     async with gateway(tmp_path, kafka_broker, **REPLAY_SETTINGS) as harness:
-        crowd = Crowd(
-            [
-                Subscriber(f"d{i}", f"inventory:{stores[i % 4]}", harness.gw.url, random.Random(i))
-                for i in range(subscribers_n)
-            ]
-        )
+        crowd = crowd_of(harness, stores, subscribers_n)
         publisher = Publisher(harness.gw.url, random.Random(82))
         await fall_behind(harness, crowd, publisher, stores, total)
         await asyncio.to_thread(harness.gw.stop)
@@ -601,18 +605,8 @@ async def test_sigkill_during_replays(
     rng = random.Random(83)
     started = now()
     async with gateway(tmp_path, kafka_broker, **REPLAY_SETTINGS) as harness:
-        crowd = Crowd(
-            [
-                Subscriber(
-                    f"d{i}",
-                    f"inventory:{stores[i % 4]}",
-                    harness.gw.url,
-                    random.Random(i),
-                    apply_s=0.002,  # replays last a few seconds: the kill lands in them
-                )
-                for i in range(subscribers_n)
-            ]
-        )
+        # replays last a few seconds: the kill lands in them
+        crowd = crowd_of(harness, stores, subscribers_n, apply_s=0.002)
         publisher = Publisher(harness.gw.url, random.Random(84))
         await fall_behind(harness, crowd, publisher, stores, total)
         history = await channel_history(harness)
@@ -663,12 +657,7 @@ async def test_drops_during_replays(
     rng = random.Random(86)
     started = now()
     async with gateway(tmp_path, kafka_broker, **REPLAY_SETTINGS) as harness:
-        crowd = Crowd(
-            [
-                Subscriber(f"d{i}", f"inventory:{stores[i % 4]}", harness.gw.url, random.Random(i))
-                for i in range(subscribers_n)
-            ]
-        )
+        crowd = crowd_of(harness, stores, subscribers_n)
         publisher = Publisher(harness.gw.url, random.Random(87))
         await fall_behind(harness, crowd, publisher, stores, total)
         history = await channel_history(harness)
