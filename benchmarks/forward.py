@@ -26,7 +26,7 @@ import argparse
 import asyncio
 import tempfile
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,53 +104,60 @@ async def consume_latencies(
                     watch.value_bytes = len(message.value)
 
 
-async def latency(
-    gateway: GatewayProcess,
+Sender = Callable[[int, Callable[[list[str]], None]], Awaitable[None]]
+"""Sends ``n`` new events (one request, or one producer batch), calling ``sending(ids)`` just
+before they leave; returns once they are acknowledged."""
+
+
+async def paced_latency(
+    label: str,
     bootstrap: str,
-    source: EventSource,
+    topic: str,
+    senders: list[Sender],
     rate: float,
-    clients: int,
     batch: int,
     seconds: float,
 ) -> Figures:
-    """Paced clients (``rate`` events/s in all); each event's latency until consumed."""
+    """Paced senders (``rate`` events/s in all, ``batch`` per send); each event's latency until
+    a ``read_committed`` consumer of ``topic`` running here receives it."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         isolation_level="read_committed",
         enable_auto_commit=False,
-        fetch_max_wait_ms=5,  # measure the gateway, not the consumer's long poll
+        # A fetch returns as soon as committed records are there; polling faster only loads
+        # the broker (5 ms cost it half a core here).
+        fetch_max_wait_ms=100,
     )
     await consumer.start()
     histogram = new_histogram()
     watch = Watch({})
     stop = asyncio.Event()
+    sent = 0
+
+    def sending(ids: list[str]) -> None:
+        watch.sent_at.update(dict.fromkeys(ids, time.perf_counter()))
+
     try:
-        partitions = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)]
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         for tp in partitions:
             await consumer.position(tp)  # resolve the end offsets before any load
         reader = asyncio.create_task(consume_latencies(consumer, watch, histogram, stop))
-        interval = clients * batch / rate
+        interval = len(senders) * batch / rate
         deadline = time.perf_counter() + seconds
-        load = Load()
 
-        async def client(index: int) -> None:
-            connection = RawHttpConnection("127.0.0.1", gateway.port)
-            next_at = time.perf_counter() + interval * index / clients
-            try:
-                while next_at < deadline:
-                    await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-                    body, ids = source.body(batch)
-                    t0 = time.perf_counter()
-                    watch.sent_at.update(dict.fromkeys(ids, t0))
-                    await post_batch(connection, body, batch, load)
-                    next_at += interval
-            finally:
-                await connection.close()
+        async def pace(index: int, send: Sender) -> None:
+            nonlocal sent
+            next_at = time.perf_counter() + interval * index / len(senders)
+            while next_at < deadline:
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                await send(batch, sending)
+                sent += batch
+                next_at += interval
 
         started = time.perf_counter()
-        await asyncio.gather(*(client(i) for i in range(clients)))
+        await asyncio.gather(*(pace(i, send) for i, send in enumerate(senders)))
         elapsed = time.perf_counter() - started
         for _ in range(2400):  # up to 2 minutes for the last records
             if not watch.sent_at or reader.done():
@@ -163,7 +170,74 @@ async def latency(
     finally:
         stop.set()
         await consumer.stop()
-    return Figures("(2) paced load: end-to-end latency", load.acked, elapsed, histogram)
+    return Figures(label, sent, elapsed, histogram)
+
+
+async def gateway_latency(
+    gateway: GatewayProcess,
+    bootstrap: str,
+    source: EventSource,
+    rate: float,
+    clients: int,
+    batch: int,
+    seconds: float,
+) -> Figures:
+    """Clients on keep-alive connections, each POSTing ``batch`` events at a time."""
+    load = Load()
+    connections = [RawHttpConnection("127.0.0.1", gateway.port) for _ in range(clients)]
+
+    def sender(connection: RawHttpConnection) -> Sender:
+        async def send(n: int, sending: Callable[[list[str]], None]) -> None:
+            body, ids = source.body(n)
+            sending(ids)
+            await post_batch(connection, body, n, load)
+
+        return send
+
+    try:
+        return await paced_latency(
+            "(2) paced load: end-to-end latency",
+            bootstrap,
+            TOPIC,
+            [sender(c) for c in connections],
+            rate,
+            batch,
+            seconds,
+        )
+    finally:
+        for connection in connections:
+            await connection.close()
+
+
+async def producer_latency(
+    bootstrap: str, source: EventSource, rate: float, clients: int, batch: int, seconds: float
+) -> Figures:
+    """The same pacing through a bare producer: each send is ``batch`` records, awaited."""
+    producer = bare_producer(bootstrap)
+    await producer.start()
+    make = RecordMaker(source)
+
+    async def send(n: int, sending: Callable[[list[str]], None]) -> None:
+        records = [make(source.take()) for _ in range(n)]
+        sending([event_id for event_id, *_ in records])
+        futures = [
+            await producer.send(BASELINE_TOPIC, value, key=key, headers=headers)
+            for _, value, key, headers in records
+        ]
+        await asyncio.gather(*futures)
+
+    try:
+        return await paced_latency(
+            "(4) baseline at the paced load of (2)",
+            bootstrap,
+            BASELINE_TOPIC,
+            [send] * clients,
+            rate,
+            batch,
+            seconds,
+        )
+    finally:
+        await producer.stop()
 
 
 # -- (3) drain after an outage ------------------------------------------------------------------
@@ -248,35 +322,53 @@ async def create_topic(bootstrap: str, name: str) -> None:
         await admin.close()
 
 
-async def baseline(bootstrap: str, source: EventSource, events: int) -> Figures:
-    """A bare idempotent producer sending ``events`` records like the gateway's, flat out."""
-    await create_topic(bootstrap, BASELINE_TOPIC)
-    template = template_record()
-    headers = list(template.headers)
-    id_at = [name for name, _ in headers].index("event_id")
-    producer = AIOKafkaProducer(
+Header = tuple[str, bytes]
+
+
+class RecordMaker:
+    """Records like the gateway's for event number ``n`` of a source: (event id, value, key,
+    headers), patched into the gateway's own record of the template event."""
+
+    def __init__(self, source: EventSource) -> None:
+        self._source = source
+        self._template = template_record()
+        self._headers = list(self._template.headers)
+        self._id_at = [name for name, _ in self._headers].index("event_id")
+
+    def __call__(self, n: int) -> tuple[str, bytes, bytes, list[Header]]:
+        event_id = self._source.event_id(n)
+        key = self._source.key(n).encode()
+        value = self._template.value.replace(ID_SLOT.encode(), event_id.encode()).replace(
+            KEY_SLOT.encode(), key
+        )
+        headers = list(self._headers)
+        headers[self._id_at] = ("event_id", event_id.encode())
+        return event_id, value, key, headers
+
+
+def bare_producer(bootstrap: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         client_id="baseline",
         enable_idempotence=True,
         acks="all",
-        linger_ms=5,  # as the gateway's producer
-        max_batch_size=256 * 1024,
+        linger_ms=5,  # the best of 0 and 5 for a producer sending flat out
+        max_batch_size=256 * 1024,  # as the gateway's producer
     )
+
+
+async def baseline(bootstrap: str, source: EventSource, events: int) -> Figures:
+    """A bare idempotent producer sending ``events`` records like the gateway's, flat out."""
+    make = RecordMaker(source)
+    producer = bare_producer(bootstrap)
     await producer.start()
     try:
         started = time.perf_counter()
         previous: list[Awaitable[Any]] = []
         current: list[Awaitable[Any]] = []
         for n in range(events):
-            event_id = source.event_id(n).encode()
-            key = source.key(n).encode()
-            value = template.value.replace(ID_SLOT.encode(), event_id).replace(
-                KEY_SLOT.encode(), key
-            )
-            headers[id_at] = ("event_id", event_id)
-            current.append(
-                await producer.send(BASELINE_TOPIC, value, key=key, headers=list(headers))
-            )
+            _, value, key, headers = make(n)
+            current.append(await producer.send(BASELINE_TOPIC, value, key=key, headers=headers))
             if len(current) >= 20_000:  # keep two windows in flight, bounded memory
                 await asyncio.gather(*previous)
                 previous, current = current, []
@@ -301,9 +393,10 @@ async def run(args: argparse.Namespace, broker: KafkaBroker, gateway: GatewayPro
     acked, committed = await sustained(gateway, source, args.clients, args.batch, args.seconds)
     print(f"    {acked.events:,} events", flush=True)
 
-    rate = acked.rate * args.load
-    section(f"(2) latency at {rate:,.0f} ev/s ({args.load:.0%} of the acknowledged rate) ...")
-    lat = await latency(
+    rate = args.rate if args.rate else acked.rate * args.load
+    how = "as asked" if args.rate else f"{args.load:.0%} of the acknowledged rate"
+    section(f"(2) latency at {rate:,.0f} ev/s ({how}) ...")
+    lat = await gateway_latency(
         gateway,
         broker.bootstrap,
         source,
@@ -318,28 +411,40 @@ async def run(args: argparse.Namespace, broker: KafkaBroker, gateway: GatewayPro
         gateway, broker, source, args.backlog, args.clients, args.batch
     )
 
-    section(f"(4) baseline: {args.backlog:,} records from a bare producer ...")
-    base = await baseline(broker.bootstrap, EventSource(), args.backlog)
+    section(f"(4) baseline: {args.backlog:,} records from a bare producer, then paced ...")
+    await create_topic(broker.bootstrap, BASELINE_TOPIC)
+    base_source = EventSource()
+    base = await baseline(broker.bootstrap, base_source, args.backlog)
+    base_lat = await producer_latency(
+        broker.bootstrap,
+        base_source,
+        rate,
+        args.latency_clients,
+        args.latency_batch,
+        args.latency_seconds,
+    )
 
     size = len(template_record().value)
     section(
         f"results: rate, and ratio to the baseline's rate (records of {size}-byte values,"
         f" 11-byte keys, 6 headers; {PARTITIONS} partitions; single-node Kafka; this machine):"
     )
-    for figures in (acked, committed, lat, drain.figures, base):
+    for figures in (acked, committed, lat, drain.figures, base, base_lat):
         print(" ", figures.row(base.rate))
     notes = [
         f"(1) {acked.events:,} events acknowledged in {acked.seconds:.1f}s;"
         f" backlog 0 after {committed.seconds:.1f}s",
         f"(2) {lat.events:,} events, {args.latency_clients} clients x {args.latency_batch}"
-        f" ev/request paced at {args.load:.0%} of (1)'s acknowledged rate; latency from just"
-        " before the POST to the receipt by a read_committed consumer",
+        f" ev/request paced at {rate:,.0f} ev/s ({how}); latency from just before the POST to"
+        " the receipt by a read_committed consumer",
         f"(3) {drain.events:,} events acknowledged with Kafka down in {drain.upload_s:.1f}s;"
         f" after broker.start(): broker ready at {drain.broker_ready_s:.1f}s, backlog seen"
         f" shrinking at {drain.moving_s:.1f}s (then {drain.backlog_when_moving:,}), backlog 0"
         f" at {drain.drained_s:.1f}s = {drain.events / drain.drained_s:,.0f} ev/s overall",
         f"(4) {base.events:,} records; acks=all, idempotent, no transactions, linger 5 ms,"
-        " 256 KiB batches (as the gateway's producer)",
+        " 256 KiB batches; then paced as (2), each send of"
+        f" {args.latency_batch} records awaited, latency from just before the send to the"
+        " receipt by the same consumer",
     ]
     print()
     for note in notes:
@@ -352,6 +457,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--batch", type=int, default=200, help="events per request")
     parser.add_argument("--load", type=float, default=0.25, help="latency load / max rate")
+    parser.add_argument("--rate", type=float, default=0.0, help="latency load in ev/s")
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     parser.add_argument("--latency-clients", type=int, default=4)
     parser.add_argument("--latency-batch", type=int, default=20)

@@ -45,6 +45,11 @@ class EventSource:
     def key(n: int) -> str:
         return f"order-{n % KEYS:05d}"
 
+    def take(self) -> int:
+        """The number of a new event (for senders that build their own records)."""
+        self._next += 1
+        return self._next - 1
+
     def body(self, count: int) -> tuple[bytes, list[str]]:
         """A msgpack ``{"events": [...]}`` body of ``count`` new events, and their ids."""
         start, self._next = self._next, self._next + count

@@ -228,6 +228,7 @@ class Gateway:
                 instance=instance,
                 bootstrap=config.kafka_bootstrap,
                 batch_max=config.forward_batch_max,
+                min_interval_s=config.forward_min_interval_ms / 1000,
                 retention_ms=config.retention_s * 1000,
                 prune_interval_s=config.prune_interval_s,
                 crash_hook=crash_hook,

@@ -159,6 +159,14 @@ class GatewayConfig(BaseSettings):
         1, gt=0, description="Replication factor of created topics (use 3 in production)."
     )
     forward_batch_max: int = Field(5000, gt=0, description="Most events per Kafka transaction.")
+    forward_min_interval_ms: int = Field(
+        25,
+        ge=0,
+        le=10_000,
+        description="At least this long between the starts of two Kafka transactions (each "
+        "costs the broker a fixed amount of work, whatever it carries); an event that arrives "
+        "when the last transaction began longer ago than this goes at once.",
+    )
     kafka_request_timeout_ms: int = Field(15_000, gt=0)
     kafka_transaction_timeout_s: float = Field(
         30.0, gt=0, description="A transaction not committed by then is abandoned and retried."

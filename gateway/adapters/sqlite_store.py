@@ -6,6 +6,9 @@ per group of requests, not per event. ``event_id`` is unique in the table and th
 only one to insert, so two concurrent requests with the same id get one ``accepted`` and one
 ``duplicate`` answer, never two rows.
 
+Reads go through a second connection: in WAL mode it sees only committed transactions, so a
+read never waits for a commit's fsync and never sees rows of a commit that may yet roll back.
+
 Beside the events the store keeps the forwarder's local mark (highest sequence known to be in
 Kafka), the quarantine of events Kafka refused for good, and a size quota enforced by SQLite's
 own ``max_page_count``: a full store refuses commits (``StoreUnavailable``) and changes nothing.
@@ -110,6 +113,7 @@ class SqliteEventStore:
         self._max_bytes = max_bytes
         self._min_free_bytes = min_free_bytes
         self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
         self._queue: deque[_Append] = deque()
         self._wakeup = asyncio.Event()
         self._appended = asyncio.Event()
@@ -145,12 +149,19 @@ class SqliteEventStore:
                 rows = await fetch_all(db, "PRAGMA page_size")
                 page_size = int(rows[0][0]) if rows else 4096
                 await db.execute(f"PRAGMA max_page_count={max(1, self._max_bytes // page_size)}")
+            reader = await aiosqlite.connect(self._path, isolation_level=None)
+            try:
+                await reader.execute("PRAGMA busy_timeout=5000")
+                await reader.execute("PRAGMA query_only=1")
+            except BaseException:
+                await reader.close()
+                raise
         except BaseException as exc:
             await db.close()
             if isinstance(exc, sqlite3.DatabaseError):
                 raise translate_sqlite_error(exc, f"cannot open store {self._path}") from exc
             raise
-        self._db = db
+        self._db, self._reader = db, reader
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
         async with self._transaction("create store id") as tx:
             await tx.execute(
@@ -167,9 +178,10 @@ class SqliteEventStore:
         self._wakeup.set()
         if self._writer is not None:
             await self._writer
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        for db in (self._reader, self._db):
+            if db is not None:
+                await db.close()
+        self._db = self._reader = None
 
     async def __aenter__(self) -> SqliteEventStore:
         await self.open()
@@ -311,15 +323,15 @@ class SqliteEventStore:
     async def _query(
         self, sql: str, params: tuple[object, ...]
     ) -> list[sqlite3.Row | tuple[object, ...]]:
-        db = self._require_open()
-        # Reads share the connection of the writes: taken outside a write transaction only,
-        # they never see rows of a commit still open (which may yet roll back, and give their
+        # The reader connection, never the writer's: a read on the writer's connection could
+        # run inside a commit still open, and see rows that may yet roll back (and give their
         # sequence numbers to other events).
-        async with self._write_lock:
-            try:
-                return await fetch_all(db, sql, params)
-            except sqlite3.DatabaseError as exc:
-                raise translate_sqlite_error(exc, "store read failed") from exc
+        if self._reader is None:
+            raise StoreUnavailable("store is not open")
+        try:
+            return await fetch_all(self._reader, sql, params)
+        except sqlite3.DatabaseError as exc:
+            raise translate_sqlite_error(exc, "store read failed") from exc
 
     def _transaction(
         self, what: str

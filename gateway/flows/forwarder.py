@@ -5,6 +5,10 @@ Kafka), then forwards batches: each batch's records and the new position go in o
 transaction, and only after its commit is the local mark advanced. A crash between the two is
 harmless: the next session starts from Kafka's position, not the local mark. Any Kafka failure
 ends the session; a new one starts after a capped, jittered backoff, with a new producer.
+
+Since a session starts from Kafka's position, the local mark is only a hint (for pruning, the
+backlog gauges and a position topic that was reset): it is written in the background, so the
+next transaction never waits for the mark's fsync.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ class ForwarderSettings:
     instance: InstanceId
     bootstrap: str
     batch_max: int = 5000
+    min_interval_s: float = 0.025
+    """Least time between the starts of two transactions while events keep coming."""
     idle_wait_s: float = 0.5
     ping_interval_s: float = 2.0
     """While idle, how often the link is checked (else /readyz would report a dead link up)."""
@@ -70,11 +76,16 @@ class Forwarder(SessionLoop):
         self._s = settings
         self._metrics = metrics
         self.position = LocalSeq(0)
+        self._mark_wanted = LocalSeq(0)
+        self._marking: asyncio.Task[None] | None = None
+        self._mark_failing = False
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "position": self.position}
 
     async def _close(self) -> None:
+        if self._marking is not None:
+            await self._marking  # never raises: failures are logged
         await self._publisher.close()
 
     async def drain(self, deadline_s: float) -> bool:
@@ -103,31 +114,51 @@ class Forwarder(SessionLoop):
         self._link_up(f"forwarding from local seq {self.position}")
         self._metrics.kafka_up.set(1)
         last_contact = time.monotonic()
-        batch = await self._store.read_after(self.position, self._s.batch_max)
+        began = 0.0  # when the last transaction began
+        batch: list[StoredEvent] = []
         while True:
+            # Transactions cost the broker a fixed amount of work each: under steady load,
+            # space them out a little and let each carry more.
+            wait = self._s.min_interval_s - (time.monotonic() - began)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            batch = await self._top_up(batch)
             if not batch:
                 if time.monotonic() - last_contact >= self._s.ping_interval_s:
                     await self._publisher.ping()  # so that an idle link's state is true too
                     last_contact = time.monotonic()
                 await self._store.wait_for_append(self._s.idle_wait_s)
-                batch = await self._store.read_after(self.position, self._s.batch_max)
                 continue
-            last_contact = time.monotonic()
-            # Read the next batch (in the store's thread) while this one goes to Kafka.
-            upcoming = asyncio.ensure_future(
-                self._store.read_after(batch[-1].seq, self._s.batch_max)
+            last_contact = began = time.monotonic()
+            # A full batch means a backlog: read the next one (in the store's thread) while
+            # this one goes to Kafka. Otherwise read after the commit, so that the next
+            # transaction takes everything that arrived meanwhile.
+            upcoming = (
+                asyncio.ensure_future(self._store.read_after(batch[-1].seq, self._s.batch_max))
+                if len(batch) >= self._s.batch_max
+                else None
             )
             try:
                 await self._forward_all(batch)
             except BaseException:
-                upcoming.cancel()
-                # wait for the read to wind down, but never swallow our own cancellation
-                # (stop() during this wait must end the session, not start another)
-                await asyncio.wait({upcoming})
-                if not upcoming.cancelled():
-                    upcoming.exception()  # retrieved: the error that ends the session wins
+                if upcoming is not None:
+                    upcoming.cancel()
+                    # wait for the read to wind down, but never swallow our own cancellation
+                    # (stop() during this wait must end the session, not start another)
+                    await asyncio.wait({upcoming})
+                    if not upcoming.cancelled():
+                        upcoming.exception()  # retrieved: the error that ends the session wins
                 raise
-            batch = await upcoming
+            batch = await upcoming if upcoming is not None else []
+
+    async def _top_up(self, batch: list[StoredEvent]) -> list[StoredEvent]:
+        """``batch`` plus the events stored after it (or after the position), up to a full
+        batch."""
+        room = self._s.batch_max - len(batch)
+        if room <= 0:
+            return batch
+        after = batch[-1].seq if batch else self.position
+        return batch + await self._store.read_after(after, room)
 
     async def _forward_all(self, batch: list[StoredEvent]) -> None:
         try:
@@ -174,13 +205,36 @@ class Forwarder(SessionLoop):
                     else:
                         refused[seq] = reason
         self._s.crash_hook("after_kafka_commit")
-        await self._store.mark_forwarded(plan.position)
         self.position = plan.position
+        self._advance_mark(plan.position)
         self._metrics.forwarded.inc(len(batch) - len(plan.dead_letters))
         # One observation per transaction, for its oldest event (per event would cost more
         # than the rest of the forwarding of that event).
         oldest_ms = batch[0].received_at_ms
         self._metrics.forward_latency.observe(max(0.0, time.time() - oldest_ms / 1000))
+
+    def _advance_mark(self, position: LocalSeq) -> None:
+        """Have the local mark follow ``position`` in the background (latest wins)."""
+        self._mark_wanted = position
+        if self._marking is None or self._marking.done():
+            self._marking = asyncio.create_task(self._write_marks(), name="forwarder-mark")
+
+    async def _write_marks(self) -> None:
+        written: LocalSeq | None = None
+        while written != self._mark_wanted:
+            wanted = self._mark_wanted
+            try:
+                await self._store.mark_forwarded(wanted)
+            except StoreError as exc:
+                # Kafka holds the position; the next commit tries the mark again.
+                if not self._mark_failing:
+                    log.warning("the local forwarded mark cannot advance to %d: %s", wanted, exc)
+                self._mark_failing = True
+                return
+            if self._mark_failing:
+                log.info("the local forwarded mark advances again (now %d)", wanted)
+            self._mark_failing = False
+            written = wanted
 
     async def _quarantine(self, batch: list[StoredEvent], dead: dict[LocalSeq, str]) -> None:
         now_ms = int(time.time() * 1000)

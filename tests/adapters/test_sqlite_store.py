@@ -129,6 +129,18 @@ async def test_a_read_never_sees_rows_of_a_commit_still_open(tmp_path: Path) -> 
         assert [s.event.event_id for s in stored] == [e.event_id for e in later]
 
 
+async def test_a_read_does_not_wait_for_a_commit_in_progress(tmp_path: Path) -> None:
+    """Reads have their own connection: the forwarder's next read never queues behind an
+    ingest commit's fsync (on one shared connection it waited for every one)."""
+    async with SqliteEventStore(tmp_path / "s.sqlite3") as store:
+        first = storable()
+        await store.append([first])
+        async with store._transaction("held open (a commit in progress)") as db:
+            await db.execute("INSERT INTO meta (name, value) VALUES ('open', 1)")
+            stored = await asyncio.wait_for(store.read_after(LocalSeq(0), 10), 5)
+        assert [s.event.event_id for s in stored] == [first.event_id]
+
+
 class Device:
     """A stand-in for ``shutil.disk_usage``: the store's device with ``free`` bytes free."""
 

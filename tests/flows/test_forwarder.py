@@ -213,3 +213,90 @@ async def test_stop_during_the_prefetch_wind_down_ends_the_forwarder() -> None:
     await asyncio.wait_for(publisher.failed.wait(), 5)
     await asyncio.sleep(0.01)  # the session now waits for the cancelled prefetch to wind down
     await asyncio.wait_for(forwarder.stop(), 3)  # used to hang: the cancellation was swallowed
+
+
+class SlowMarkStore(MemoryEventStore):
+    """A store whose mark writes wait until released (a slow fsync)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.marks_started = 0
+
+    async def mark_forwarded(self, seq: LocalSeq) -> None:
+        self.marks_started += 1
+        await self.release.wait()
+        await super().mark_forwarded(seq)
+
+
+async def test_the_next_transaction_does_not_wait_for_the_local_mark() -> None:
+    store, publisher = SlowMarkStore(), MemoryPublisher()
+    forwarder = make_forwarder(store, publisher)
+    forwarder.start()
+    try:
+        for round_ in range(3):
+            await store.append([storable()])
+            for _ in range(300):
+                if publisher.transactions > round_:
+                    break
+                await asyncio.sleep(0.01)
+        # three transactions committed while the first mark write is still held up
+        assert publisher.transactions == 3
+        assert store.marks_started == 1
+        assert await store.forwarded_mark() == 0
+        store.release.set()
+        await wait_drained(store)  # the mark catches up with the latest position
+        assert await store.forwarded_mark() == 3
+        assert store.marks_started == 2  # the two held-back positions became one write
+    finally:
+        store.release.set()
+        await forwarder.stop()
+
+
+def spaced_forwarder(
+    store: EventStore, publisher: MemoryPublisher, min_interval_s: float
+) -> Forwarder:
+    settings = ForwarderSettings(
+        router=TopicRouter(DEFAULT_ROUTES),
+        dead_letter_topic=DLQ,
+        instance=InstanceId("test"),
+        bootstrap="memory",
+        min_interval_s=min_interval_s,
+    )
+    return Forwarder(store, publisher, settings, GatewayMetrics())
+
+
+async def transactions_for(min_interval_s: float, events: int) -> tuple[int, int]:
+    """Transactions used for ``events`` events appended one at a time, 2 ms apart."""
+    store, publisher = MemoryEventStore(), MemoryPublisher()
+    forwarder = spaced_forwarder(store, publisher, min_interval_s)
+    forwarder.start()
+    try:
+        for _ in range(events):
+            await store.append([storable()])
+            await asyncio.sleep(0.002)
+        await wait_drained(store)
+    finally:
+        await forwarder.stop()
+    return publisher.transactions, len(publisher.committed)
+
+
+async def test_steady_load_is_carried_by_fewer_larger_transactions() -> None:
+    spaced, forwarded = await transactions_for(0.2, 100)
+    unspaced, _ = await transactions_for(0.0, 100)
+    assert forwarded == 100
+    # 100 events over >= 0.2 s: one transaction per 0.2 s at most (plus the first, at once)
+    assert spaced <= unspaced / 5, (spaced, unspaced)
+
+
+async def test_an_event_after_a_quiet_spell_goes_at_once() -> None:
+    store, publisher = MemoryEventStore(), MemoryPublisher()
+    # 30 s would time the test out if the first event had to wait
+    forwarder = spaced_forwarder(store, publisher, 30.0)
+    forwarder.start()
+    try:
+        await store.append([storable()])
+        await asyncio.wait_for(wait_drained(store), 10)
+        assert publisher.transactions == 1
+    finally:
+        await forwarder.stop()
