@@ -3,7 +3,7 @@ from typing import Any
 
 import pytest
 
-from gateway.core.envelope import Envelope, parse_envelope
+from gateway.core.envelope import MAX_PAYLOAD_DEPTH, Envelope, parse_envelope
 from gateway.core.rejections import RejectCode, Rejection
 from tests.factories import order_placed
 
@@ -75,6 +75,8 @@ def test_bad_envelope_names_the_field(change: dict[str, Any], field: str, words:
         ({"a": [1, {"b": float("inf")}]}, "payload.a.1.b"),
         ({"a": b"bytes"}, "payload.a"),
         ({"a": {b"bytes key": 1}}, "payload.a.b'bytes key'"),
+        ({"a": [{"ok": [1, 2.5, None, True]}, {7: "int key"}]}, "payload.a.1.7"),
+        ({"a": {"b": [[], {}, ("tuple",)]}}, "payload.a.b.2"),
     ],
 )
 def test_payload_must_be_plain_json(payload: dict[str, Any], field: str) -> None:
@@ -82,6 +84,28 @@ def test_payload_must_be_plain_json(payload: dict[str, Any], field: str) -> None
     assert isinstance(rejection, Rejection)
     assert rejection.code is RejectCode.INVALID_PAYLOAD
     assert rejection.field == field
+
+
+def nested(depth: int, leaf: object) -> object:
+    value = leaf
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def test_payload_depth_limit_is_exact_and_wins_over_other_problems() -> None:
+    deepest = order_placed(payload={"x": nested(MAX_PAYLOAD_DEPTH - 1, 1)})
+    assert not isinstance(parse_envelope(deepest), Rejection)
+    too_deep = order_placed(payload={"x": nested(MAX_PAYLOAD_DEPTH, 1)})
+    empty_at_limit = order_placed(payload={"x": nested(MAX_PAYLOAD_DEPTH - 1, {})})
+    assert not isinstance(parse_envelope(empty_at_limit), Rejection)
+    # bytes near the top and a nesting far too deep (never walked to its end): too deep wins
+    both = order_placed(payload={"a": b"x", "z": nested(100_000, 1)})
+    for event in (too_deep, both):
+        rejection = parse_envelope(event)
+        assert isinstance(rejection, Rejection)
+        assert (rejection.code, rejection.field) == (RejectCode.INVALID_PAYLOAD, "payload")
+        assert "deeper than" in rejection.message
 
 
 def test_non_object_event_is_rejected() -> None:
