@@ -140,6 +140,33 @@ class _Gone(Exception):
     """The client is gone: sending failed."""
 
 
+class _Pieces:
+    """Encoded updates (:meth:`FrameWriter.update_piece`) by :class:`Update` object, for one
+    writer: the fan-out hands one Update object to every subscription of a channel at the same
+    cursor, so its piece (cursor token included) is built once for all of them.
+
+    Keyed by ``id``; each entry holds its Update, so the id cannot be reused while the entry
+    lives. A piece depends only on the Update (immutable), the codec and the encoding."""
+
+    __slots__ = ("_codec", "_entries", "_max", "_writer")
+
+    def __init__(self, writer: FrameWriter, codec: CursorCodec, max_entries: int = 8192) -> None:
+        self._writer = writer
+        self._codec = codec
+        self._entries: dict[int, tuple[Update, str | bytes]] = {}
+        self._max = max_entries
+
+    def of(self, update: Update) -> str | bytes:
+        entry = self._entries.get(id(update))
+        if entry is not None and entry[0] is update:
+            return entry[1]
+        piece = self._writer.update_piece(update_view(update, self._codec))
+        if len(self._entries) >= self._max:
+            self._entries.clear()  # cheaper than LRU bookkeeping; entries are short-lived
+        self._entries[id(update)] = (update, piece)
+        return piece
+
+
 class StreamEndpoint:
     """The ``WS /v1/stream`` endpoint: one instance serves every connection."""
 
@@ -159,6 +186,7 @@ class StreamEndpoint:
         self.settings = settings or StreamSettings()
         self.limits = limits
         self.writers = {encoding: FrameWriter(encoding) for encoding in Encoding}
+        self.pieces = {encoding: _Pieces(self.writers[encoding], codec) for encoding in Encoding}
 
     async def handle(self, websocket: WebSocket) -> None:
         try:
@@ -186,12 +214,19 @@ class _Connection:
         self._e = endpoint
         self._ws = websocket
         self._writer = writer
+        self._pieces = endpoint.pieces[writer.encoding]
         self._principal = principal
         self._subs: dict[str, Subscription] = {}
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._errors = 0
         self._close: tuple[CloseCode, str] | None = None
         self._finished = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._sending = 0
+        """Sends in flight (each pump and the reader may have one)."""
+        self._progress_at = 0.0
+        """When a send last completed, or one started with none in flight (loop time)."""
+        self._stall_timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         reader = asyncio.create_task(self._read_loop())
@@ -203,6 +238,8 @@ class _Connection:
             reader.cancel()
             finished.cancel()
             expiry.cancel()
+            if self._stall_timer is not None:
+                self._stall_timer.cancel()
             for sub in list(self._subs.values()):
                 self._e.fanout.unsubscribe(sub)
             pumps = list(self._pumps.values())
@@ -235,17 +272,40 @@ class _Connection:
             if isinstance(frame, str)
             else {"type": "websocket.send", "bytes": frame}
         )
-        stall = self._e.settings.send_stall_timeout_s
+        # Stall detection without a timeout per send (``asyncio.timeout`` costs a timer per
+        # frame, more than the rest of the send): one timer per connection, re-armed lazily.
+        if not self._sending:
+            self._progress_at = self._loop.time()
+            if self._stall_timer is None:
+                self._stall_timer = self._loop.call_at(
+                    self._progress_at + self._e.settings.send_stall_timeout_s, self._check_stall
+                )
+        self._sending += 1
         try:
-            async with asyncio.timeout(stall):
-                await self._ws.send(message)
-        except TimeoutError as exc:
-            self._e.metrics.stream_slow_closes.inc()
-            self._finish(CloseCode.SLOW_CONSUMER, f"slow consumer: not drained in {stall:g}s")
-            raise _Gone from exc
+            await self._ws.send(message)
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
             self._finished.set()
             raise _Gone from exc
+        finally:
+            self._sending -= 1
+            if self._sending:
+                self._progress_at = self._loop.time()
+
+    def _check_stall(self) -> None:
+        """The stall timer: close the connection as a slow consumer if a send has waited for
+        the socket for ``send_stall_timeout_s`` with no send completing meanwhile (sends wait
+        for the same socket buffer: when it drains they all go on). Its pumps, blocked in
+        their sends, are cancelled by :meth:`run`."""
+        self._stall_timer = None
+        if not self._sending or self._finished.is_set():
+            return  # re-armed by the next send
+        stall = self._e.settings.send_stall_timeout_s
+        due = self._progress_at + stall
+        if self._loop.time() < due:
+            self._stall_timer = self._loop.call_at(due, self._check_stall)
+            return
+        self._e.metrics.stream_slow_closes.inc()
+        self._finish(CloseCode.SLOW_CONSUMER, f"slow consumer: not drained in {stall:g}s")
 
     async def _read_loop(self) -> None:
         settings = self._e.settings
@@ -366,15 +426,15 @@ class _Connection:
     ) -> bool:
         """Write queued items as frames (runs of updates as one ``events`` frame); return
         whether a reset was among them."""
-        writer, codec = self._writer, self._e.codec
-        batch: list[UpdateView] = []
+        writer, codec, piece_of = self._writer, self._e.codec, self._pieces.of
+        batch: list[str | bytes] = []
         reset = False
         for item in items:
             if isinstance(item, Update):
-                batch.append(update_view(item, codec))
+                batch.append(piece_of(item))
                 continue
             if batch:
-                await self._send(writer.events(sub_id, batch))
+                await self._send(writer.events_of(sub_id, batch))
                 self._e.metrics.stream_updates.inc(len(batch))
                 batch = []
             if isinstance(item, CaughtUp):
@@ -384,6 +444,6 @@ class _Connection:
                 self._e.metrics.stream_resets.labels(reset_label(item.reason)).inc()
                 await self._send(writer.reset(sub_id, sub.channel, item.reason))
         if batch:
-            await self._send(writer.events(sub_id, batch))
+            await self._send(writer.events_of(sub_id, batch))
             self._e.metrics.stream_updates.inc(len(batch))
         return reset

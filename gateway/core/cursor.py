@@ -152,11 +152,13 @@ class Cursor:
     ``None``); what that means is the subscription's decision (see :mod:`gateway.core.replay`).
     """
 
-    __slots__ = ("_epoch", "_packed", "_positions")
+    __slots__ = ("_epoch", "_hash", "_packed", "_positions", "_token")
 
     _epoch: Epoch
     _positions: dict[str, dict[int, KafkaOffset]]  # sorted by topic, then partition; never mutated
     _packed: dict[str, bytes]  # cache: topic -> msgpack of [topic, flat positions]
+    _hash: int | None  # cache: the cursor is immutable
+    _token: tuple[CursorCodec, str] | None  # cache: the last codec's token of this cursor
 
     def __init__(self, epoch: Epoch, positions: Mapping[str, Mapping[int, int]] | None = None):
         """Validate and copy; raise :class:`InvalidCursor` for out-of-range or oversize input.
@@ -177,6 +179,8 @@ class Cursor:
         self._epoch = _check_epoch(epoch)
         self._positions = dict(sorted(copied.items()))
         self._packed = {}
+        self._hash = None
+        self._token = None
 
     @classmethod
     def _trusted(
@@ -189,6 +193,8 @@ class Cursor:
         cursor._epoch = epoch
         cursor._positions = positions
         cursor._packed = packed
+        cursor._hash = None
+        cursor._token = None
         return cursor
 
     # -- reading --------------------------------------------------------------------------
@@ -338,12 +344,17 @@ class Cursor:
     # -- value semantics ------------------------------------------------------------------
 
     def __eq__(self, other: object) -> bool:
+        if other is self:
+            return True
         if not isinstance(other, Cursor):
             return NotImplemented
         return self._epoch == other._epoch and self._positions == other._positions
 
     def __hash__(self) -> int:
-        return hash((self._epoch, tuple(self.entries())))
+        cached = self._hash
+        if cached is None:
+            cached = self._hash = hash((self._epoch, tuple(self.entries())))
+        return cached
 
     def __repr__(self) -> str:
         return f"Cursor({self._epoch!r}, {self._positions!r})"
@@ -372,7 +383,13 @@ class CursorCodec:
         self._tokens_max = cache_size
 
     def encode(self, cursor: Cursor) -> str:
-        """The cursor's token: deterministic, URL-safe, at most :data:`MAX_TOKEN_CHARS`."""
+        """The cursor's token: deterministic, URL-safe, at most :data:`MAX_TOKEN_CHARS`.
+
+        The token is also kept on the cursor object: live subscribers of a channel share one
+        cursor object per position (see :mod:`gateway.flows.fanout`), so it is built once."""
+        cached = cursor._token
+        if cached is not None and cached[0] is self:
+            return cached[1]
         body = cursor._body()
         token = self._tokens.get(body)
         if token is None:
@@ -380,6 +397,7 @@ class CursorCodec:
             if len(self._tokens) >= self._tokens_max:
                 self._tokens.clear()  # cheaper than LRU bookkeeping on the hot path
             self._tokens[body] = token
+        cursor._token = (self, token)
         return token
 
     def _sign(self, body: bytes) -> str:

@@ -42,7 +42,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, cast
 
 import msgpack
 
@@ -227,6 +227,7 @@ class FrameWriter:
         self._cache: OrderedDict[tuple[str, int, int, bytes], object] = OrderedDict()
         self._cache_size = cache_size
         self._json_heads: dict[tuple[str, int, int, bytes], str] = {}
+        self._events_heads: dict[str, str] = {}
 
     def frame(self, obj: dict[str, object]) -> str | bytes:
         """Any server frame from a plain object."""
@@ -270,10 +271,38 @@ class FrameWriter:
 
     def events(self, sub: str, updates: Sequence[UpdateView]) -> str | bytes:
         """One ``events`` frame with the updates in order."""
+        return self.events_of(sub, [self.update_piece(u) for u in updates])
+
+    def update_piece(self, u: UpdateView) -> str | bytes:
+        """One update encoded as it goes in an ``events`` frame (JSON text or packed msgpack):
+        a pure function of the update, so the caller may build it once for every subscriber
+        that gets the same update and pass the pieces to :meth:`events_of`."""
         if self.encoding is Encoding.JSON:
-            items = ",".join(map(self._update_json, updates))
-            return f'{{"type":"events","sub":{json.dumps(sub)},"events":[{items}]}}'
-        return self.frame({"type": "events", "sub": sub, "events": self._objects(updates)})
+            return self._update_json(u)
+        packed: bytes = msgpack.packb(self._objects((u,))[0], use_bin_type=True)
+        return packed
+
+    def events_of(self, sub: str, pieces: Sequence[str | bytes]) -> str | bytes:
+        """:meth:`events` from the updates' :meth:`update_piece` (in order): the same frame."""
+        if self.encoding is Encoding.JSON:
+            items = ",".join(cast("Sequence[str]", pieces))
+            head = self._events_heads.get(sub)
+            if head is None:
+                head = f'{{"type":"events","sub":{json.dumps(sub)},"events":['
+                if len(self._events_heads) >= self._cache_size:
+                    self._events_heads.clear()
+                self._events_heads[sub] = head
+            return f"{head}{items}]}}"
+        # {"type": "events", "sub": sub, "events": [...]}, with the updates packed already
+        return b"".join(
+            (
+                _EVENTS_HEAD,
+                msgpack.packb(sub, use_bin_type=True),
+                _MSGPACK_EVENTS_KEY,
+                _msgpack_array_header(len(pieces)),
+                *cast("Sequence[bytes]", pieces),
+            )
+        )
 
     def _update_json(self, u: UpdateView) -> str:
         """:func:`_update_json`, with the part before the cursor built once per record (one
@@ -342,6 +371,21 @@ class FrameWriter:
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return cached
+
+
+_EVENTS_HEAD: Final = (
+    b"\x83" + msgpack.packb("type") + msgpack.packb("events") + msgpack.packb("sub")
+)
+_MSGPACK_EVENTS_KEY: Final = msgpack.packb("events")
+
+
+def _msgpack_array_header(length: int) -> bytes:
+    """msgpack's header of an array of ``length`` items (fixarray, array 16 or array 32)."""
+    if length < 16:
+        return bytes([0x90 | length])
+    if length < 1 << 16:
+        return b"\xdc" + length.to_bytes(2, "big")
+    return b"\xdd" + length.to_bytes(4, "big")
 
 
 def _update_json(u: UpdateView) -> str:

@@ -35,6 +35,7 @@ import contextlib
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from gateway.core.channels import valid_channel
 from gateway.core.cursor import Cursor
@@ -84,6 +85,13 @@ class Reset:
 
 
 Item = Update | CaughtUp | Reset
+
+Shared = dict[Cursor, Update | Literal[False]]
+"""What one live record means to a cursor, worked out once for all the subscriptions of a
+channel at that cursor: the :class:`Update` to queue (one object, with one ``cursor_after``
+object, shared by them all; its token and frame pieces are then built once), or ``False`` when
+the cursor is past the record. Keyed by value: :meth:`Cursor.advance` is a pure function of the
+cursor's value and the record, so equal cursors get equal results."""
 
 
 class SubscriptionClosed(Exception):
@@ -177,26 +185,40 @@ class Subscription:
             await self._room.wait()
         return self._max - len(self._queue)
 
-    def _offer(self, record: LogRecord) -> None:
+    def _offer(self, record: LogRecord, shared: Shared | None = None) -> None:
         """A live record of the channel: buffer it while catching up, else deliver it."""
-        if self.catching_up():
+        phase = self.state.phase
+        if phase is SubscriptionPhase.LIVE:
+            self._deliver(record, shared)
+        elif phase is SubscriptionPhase.REPLAYING or phase is SubscriptionPhase.WAITING:
             if len(self._pending) >= self._max:  # it is in the log: read it again instead
                 self._pending.clear()
                 self._pending_dropped = True
             self._pending.append(record)
-        elif self.phase is SubscriptionPhase.LIVE:
-            self._deliver(record)
 
-    def _deliver(self, record: LogRecord) -> None:
-        """Enqueue a record unless the client has it; fall behind when the queue is full."""
-        position = self.cursor.position(record.topic, record.partition)
-        if position is not None and record.offset < position:
+    def _deliver(self, record: LogRecord, shared: Shared | None = None) -> None:
+        """Enqueue a record unless the client has it; fall behind when the queue is full.
+
+        ``shared``: the results of this record for the cursors seen so far (see
+        :data:`Shared`), filled in as new cursors come."""
+        cursor = self.cursor
+        update = None if shared is None else shared.get(cursor)
+        if update is None:
+            position = cursor.position(record.topic, record.partition)
+            if position is not None and record.offset < position:
+                update = False
+            else:
+                after = cursor.advance(record.topic, record.partition, record.offset)
+                update = Update(record, after)
+            if shared is not None:
+                shared[cursor] = update
+        if update is False:  # the client has it
             return
         if len(self._queue) >= self._max:
             self._fall_behind()
             return
-        self.cursor = self.cursor.advance(record.topic, record.partition, record.offset)
-        self._queue.append(Update(record, self.cursor))
+        self.cursor = update.cursor_after
+        self._queue.append(update)
         self._ready.set()
 
     def _go_live(self) -> None:
@@ -343,13 +365,16 @@ class Fanout:
     # -- DownstreamListener -----------------------------------------------------------------
 
     def on_records(self, records: Sequence[LogRecord]) -> None:
-        """Offer each record to the subscriptions of its channels (never blocks)."""
+        """Offer each record to the subscriptions of its channels (never blocks). Those at
+        the same cursor share the work and the result (:data:`Shared`)."""
+        by_channel = self._by_channel
         for record in records:
             for channel in record.channels:
-                subs = self._by_channel.get(channel)
+                subs = by_channel.get(channel)
                 if subs:
+                    shared: Shared = {}
                     for sub in list(subs):
-                        sub._offer(record)
+                        sub._offer(record, shared)
 
     def on_reset(self, partition: PartitionKey, offset: KafkaOffset, reason: str) -> None:
         """Reset every subscription whose cursor names the partition."""

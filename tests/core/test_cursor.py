@@ -447,3 +447,20 @@ def test_advance_many() -> None:
         "order.events": {2: 7, 5: 4},
     }
     assert sample().advance_many({}) == sample()
+
+
+def test_a_token_kept_on_a_cursor_is_its_codecs_only() -> None:
+    """The token cached on a cursor object (live subscribers share one) belongs to the codec
+    that made it: another key's codec signs afresh; equal cursors share a hash and token."""
+    one, two = CursorCodec(b"1" * 32), CursorCodec(b"2" * 32)
+    cursor = Cursor(Epoch("e1"), {"t": {0: 5}}).advance("t", 1, KafkaOffset(7))
+    token_one = one.encode(cursor)
+    token_two = two.encode(cursor)
+    assert token_one != token_two
+    assert one.encode(cursor) == token_one
+    assert one.decode(token_one) == cursor
+    assert two.decode(token_two) == cursor
+    twin = Cursor(Epoch("e1"), {"t": {0: 5, 1: 8}})
+    assert hash(twin) == hash(cursor)
+    assert {cursor: 1}[twin] == 1
+    assert one.encode(twin) == token_one
