@@ -343,7 +343,8 @@ class Subscriber:
         if self._closing:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: it may swallow a cancel
+                await self._wake.wait()
 
     # -- frames -----------------------------------------------------------------------------
 

@@ -323,8 +323,11 @@ class Uploader:
             # Backing off: publishing does not shorten the wait, only close() does.
             await self._wait_closed(backoff)
             return
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+        # comes as the event is already set
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            async with asyncio.timeout(self._poll_interval):
+                await self._wake.wait()
 
     async def _wait_closed(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -334,7 +337,8 @@ class Uploader:
                 return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), left)
+                async with asyncio.timeout(left):
+                    await self._wake.wait()
 
     # -- one batch -------------------------------------------------------------------------------
 

@@ -149,9 +149,8 @@ class AiokafkaPublisher:
         if producer is None:
             raise KafkaUnavailable("the Kafka link is not open")
         try:
-            await asyncio.wait_for(
-                producer.client.fetch_all_metadata(), self._s.request_timeout_ms / 1000
-            )
+            async with asyncio.timeout(self._s.request_timeout_ms / 1000):
+                await producer.client.fetch_all_metadata()
         except (AiokafkaError, OSError, TimeoutError) as exc:
             raise KafkaUnavailable(f"Kafka does not answer: {describe(exc)}") from exc
 

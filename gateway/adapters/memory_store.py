@@ -48,7 +48,8 @@ class MemoryEventStore:
 
     async def wait_for_append(self, max_wait: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._appended.wait(), max_wait)
+            async with asyncio.timeout(max_wait):  # not wait_for: see SqliteEventStore
+                await self._appended.wait()
         self._appended.clear()
 
     async def get(self, event_id: EventId) -> StoredEvent | None:

@@ -206,8 +206,11 @@ class SqliteEventStore:
 
     async def wait_for_append(self, max_wait: float) -> None:
         """Return when an append committed new events since the last call, or after max_wait."""
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+        # comes as the event is already set (stop() then never ended the forwarder)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._appended.wait(), max_wait)
+            async with asyncio.timeout(max_wait):
+                await self._appended.wait()
         self._appended.clear()
 
     async def get(self, event_id: EventId) -> StoredEvent | None:

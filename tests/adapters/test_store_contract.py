@@ -159,3 +159,20 @@ async def test_a_cancelled_read_leaves_the_store_current_and_writable(
         assert await store.count() == expected
         assert len(await store.read_after(LocalSeq(0), 1000)) == expected
         assert (await store.backlog()).events == expected
+
+
+async def test_a_cancelled_wait_for_append_is_cancelled_even_with_an_append_pending(
+    store: EventStore,
+) -> None:
+    """The forwarder goes idle with the append flag already set just as stop() cancels it.
+    Python 3.11's ``asyncio.wait_for`` then returned normally and the cancellation was lost:
+    the forwarder ran on and stop() waited for it forever."""
+    await store.append([storable()])  # the flag is set
+    task = asyncio.create_task(store.wait_for_append(10))
+    await asyncio.sleep(0)  # the wait has begun
+    requested = task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        return
+    assert not requested, "the cancellation was swallowed"
