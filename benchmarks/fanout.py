@@ -73,6 +73,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from benchmarks.common import Figures, new_histogram
+from benchmarks.load import downstream_consumed, wait_quiet
 from gateway.testing.gateway_process import GatewayProcess
 from gateway.testing.kafka_broker import KafkaBroker
 from tests.integration.kafka_topics import TestTopics, create_topic
@@ -1148,15 +1149,6 @@ class Storm:
         )
 
 
-async def downstream_consumed(http: httpx.AsyncClient) -> int:
-    return int((await downstream(http))["consumed"])
-
-
-async def downstream(http: httpx.AsyncClient) -> dict[str, Any]:
-    details: dict[str, Any] = (await http.get("/readyz")).json()["downstream"]
-    return details
-
-
 async def wait_consumed(http: httpx.AsyncClient, target: int, timeout_s: float) -> None:
     deadline = time.perf_counter() + timeout_s
     while time.perf_counter() < deadline:
@@ -1164,24 +1156,6 @@ async def wait_consumed(http: httpx.AsyncClient, target: int, timeout_s: float) 
             return
         await asyncio.sleep(0.05)
     raise TimeoutError(f"the gateway did not consume {target:,} records in {timeout_s:g}s")
-
-
-async def wait_quiet(
-    gateway: GatewayProcess, settle: float = 1.0, timeout_s: float = 300.0
-) -> None:
-    """Until the gateway's downstream consumer has no lag and consumed nothing new for
-    ``settle`` s (so that a phase does not start with the last one's backlog)."""
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
-        deadline = time.perf_counter() + timeout_s
-        previous, since = await downstream_consumed(http), time.perf_counter()
-        while time.perf_counter() < deadline:
-            await asyncio.sleep(0.1)
-            state = await downstream(http)
-            if state["consumed"] != previous or state["lag"]:
-                previous, since = state["consumed"], time.perf_counter()
-            elif time.perf_counter() - since >= settle:
-                return
-    raise TimeoutError(f"the gateway's consumer still busy after {timeout_s:g}s")
 
 
 async def resume_storm(

@@ -4,8 +4,10 @@ Starts its own single-node Kafka broker and a gateway process, then measures
 
 1. sustained throughput: clients POST at full speed for ``--seconds``; events/s acknowledged,
    and events/s committed to Kafka (from the first request until the backlog is 0);
-2. end-to-end latency at a paced, moderate load (``--load`` x the acknowledged rate of 1): from
-   just before the HTTP request until a ``read_committed`` consumer running here sees the record;
+2. end-to-end latency at a paced, moderate load (``--load`` x the acknowledged rate of 1, or
+   ``--rate``), once the gateway has settled after (1) (its downstream consumer idle for 2 s):
+   from just before the HTTP request until a ``read_committed`` consumer running here sees the
+   record; then the same pacing through a bare producer (4);
 3. the drain of a backlog left by an outage: the broker is stopped, ``--backlog`` events are
    acknowledged into the local store, the broker is started; the drain rate is measured from
    the moment the backlog is seen shrinking until it is 0 (the broker's own start-up and the
@@ -47,6 +49,7 @@ from benchmarks.load import (
     template_record,
     upload,
     wait_for_empty_backlog,
+    wait_quiet,
 )
 from gateway.core.routing import DEFAULT_ROUTES
 from gateway.testing.gateway_process import GatewayProcess
@@ -393,6 +396,9 @@ async def run(args: argparse.Namespace, broker: KafkaBroker, gateway: GatewayPro
     acked, committed = await sustained(gateway, source, args.clients, args.batch, args.seconds)
     print(f"    {acked.events:,} events", flush=True)
 
+    # Let the last phase's after-effects end (its events streamed into the downstream log,
+    # its checkpoints): this phase measures a steady moderate load.
+    await wait_quiet(gateway, settle=2.0)
     rate = args.rate if args.rate else acked.rate * args.load
     how = "as asked" if args.rate else f"{args.load:.0%} of the acknowledged rate"
     section(f"(2) latency at {rate:,.0f} ev/s ({how}) ...")

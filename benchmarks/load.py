@@ -20,6 +20,7 @@ from gateway.core.ingest import StorableEvent
 from gateway.core.records import OutRecord, StoredEvent
 from gateway.core.rejections import Rejection
 from gateway.core.routing import DEFAULT_ROUTES, TopicRouter
+from gateway.testing.gateway_process import GatewayProcess
 from tests.factories import order_placed
 
 KEYS = 1000
@@ -85,6 +86,33 @@ async def readiness(http: httpx.AsyncClient) -> dict[str, Any]:
 
 async def backlog_events(http: httpx.AsyncClient) -> int:
     return int((await readiness(http))["backlog"]["events"])
+
+
+async def downstream_consumed(http: httpx.AsyncClient) -> int:
+    return int((await downstream(http))["consumed"])
+
+
+async def downstream(http: httpx.AsyncClient) -> dict[str, Any]:
+    details: dict[str, Any] = (await http.get("/readyz")).json()["downstream"]
+    return details
+
+
+async def wait_quiet(
+    gateway: GatewayProcess, settle: float = 1.0, timeout_s: float = 300.0
+) -> None:
+    """Until the gateway's downstream consumer has no lag and consumed nothing new for
+    ``settle`` s (so that a phase does not start with the last one's backlog)."""
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        deadline = time.perf_counter() + timeout_s
+        previous, since = await downstream_consumed(http), time.perf_counter()
+        while time.perf_counter() < deadline:
+            await asyncio.sleep(0.1)
+            state = await downstream(http)
+            if state["consumed"] != previous or state["lag"]:
+                previous, since = state["consumed"], time.perf_counter()
+            elif time.perf_counter() - since >= settle:
+                return
+    raise TimeoutError(f"the gateway's consumer still busy after {timeout_s:g}s")
 
 
 async def wait_for_empty_backlog(http: httpx.AsyncClient, timeout_s: float) -> float:
