@@ -43,7 +43,12 @@ from typing import Any, Final
 import aiosqlite
 import msgpack
 
-from gateway.adapters.sqlite_store import fetch_all, translate_sqlite_error, write_transaction
+from gateway.adapters.sqlite_common import (
+    connect,
+    fetch_all,
+    translate_sqlite_error,
+    write_transaction,
+)
 from gateway.core.ids import Epoch, KafkaOffset
 from gateway.errors import StoreUnavailable
 from gateway.flows.downstream_ports import (
@@ -151,7 +156,7 @@ class SqliteDownstreamLog:
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         what = f"cannot open downstream log {self._path}"
-        writer = await self._connect(what)
+        writer = await connect(self._path, what)
         try:
             try:
                 await writer.execute("PRAGMA journal_mode=WAL")
@@ -160,24 +165,12 @@ class SqliteDownstreamLog:
                 await writer.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             except sqlite3.DatabaseError as exc:
                 raise translate_sqlite_error(exc, what) from exc
-            reader = await self._connect(what)
+            reader = await connect(self._path, what)
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 await writer.close()
             raise
         self._writer, self._reader = writer, reader
-
-    async def _connect(self, what: str) -> aiosqlite.Connection:
-        try:
-            db = await aiosqlite.connect(self._path, isolation_level=None)
-        except sqlite3.DatabaseError as exc:
-            raise translate_sqlite_error(exc, what) from exc
-        try:
-            await db.execute("PRAGMA busy_timeout=5000")
-        except sqlite3.DatabaseError as exc:
-            await db.close()
-            raise translate_sqlite_error(exc, what) from exc
-        return db
 
     async def close(self) -> None:
         async with self._write_lock, self._read_lock:

@@ -25,13 +25,19 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import aiosqlite
 
+from gateway.adapters.sqlite_common import (
+    connect,
+    fetch_all,
+    translate_sqlite_error,
+    write_transaction,
+)
 from gateway.core.ids import EventId, LocalSeq
 from gateway.core.ingest import StorableEvent
 from gateway.core.records import Backlog, QuarantineEntry, StoredEvent
@@ -130,14 +136,11 @@ class SqliteEventStore:
 
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            db = await aiosqlite.connect(self._path, isolation_level=None)
-        except sqlite3.DatabaseError as exc:
-            raise translate_sqlite_error(exc, f"cannot open store {self._path}") from exc
+        what = f"cannot open store {self._path}"
+        db = await connect(self._path, what)
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA busy_timeout=5000")
             await _quick_check(db, self._path)
             await db.executescript(_SCHEMA)
             columns = {str(row[1]) for row in await fetch_all(db, "PRAGMA table_info(events)")}
@@ -149,17 +152,11 @@ class SqliteEventStore:
                 rows = await fetch_all(db, "PRAGMA page_size")
                 page_size = int(rows[0][0]) if rows else 4096
                 await db.execute(f"PRAGMA max_page_count={max(1, self._max_bytes // page_size)}")
-            reader = await aiosqlite.connect(self._path, isolation_level=None)
-            try:
-                await reader.execute("PRAGMA busy_timeout=5000")
-                await reader.execute("PRAGMA query_only=1")
-            except BaseException:
-                await reader.close()
-                raise
+            reader = await connect(self._path, what, "PRAGMA query_only=1")
         except BaseException as exc:
             await db.close()
             if isinstance(exc, sqlite3.DatabaseError):
-                raise translate_sqlite_error(exc, f"cannot open store {self._path}") from exc
+                raise translate_sqlite_error(exc, what) from exc
             raise
         self._db, self._reader = db, reader
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
@@ -451,27 +448,6 @@ def _row_to_stored(row: Any) -> StoredEvent:
     )
 
 
-async def fetch_all(db: aiosqlite.Connection, sql: str, params: Sequence[object] = ()) -> list[Any]:
-    """Every row of one statement, run to its end in one call on aiosqlite's thread.
-
-    Never ``async with db.execute(...)`` then ``fetchall()``: a task cancelled between the two
-    (a client that disconnects mid-read) leaves the statement stepped but not reset, and an
-    active statement holds its read snapshot: every later read on that connection sees the
-    database as it was then (a replay that goes live on such a page skips what was committed
-    since). Here the thread always runs the statement to completion.
-    """
-    return list(await db.execute_fetchall(sql, params))
-
-
-def translate_sqlite_error(exc: sqlite3.DatabaseError, what: str) -> StoreError:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-        return StoreCorrupt(f"{what}: database is damaged ({exc})")
-    if code == sqlite3.SQLITE_FULL:
-        return StoreUnavailable(f"{what}: store is full (quota or disk): {exc}")
-    return StoreUnavailable(f"{what}: {exc}")
-
-
 async def _quick_check(db: aiosqlite.Connection, path: Path) -> None:
     """Refuse a damaged file (SQLite's ``quick_check``: page and index structure) with a clear
     :class:`~gateway.errors.StoreCorrupt` rather than serve from it."""
@@ -482,31 +458,3 @@ async def _quick_check(db: aiosqlite.Connection, path: Path) -> None:
             "serve from it. Move it aside (with its -wal file) and start again with an empty "
             "store, or restore a copy; `sqlite3 <file> .recover` may save its events"
         )
-
-
-async def _rollback(db: aiosqlite.Connection) -> None:
-    await db.execute("ROLLBACK")
-
-
-@contextlib.asynccontextmanager
-async def write_transaction(
-    db: aiosqlite.Connection, lock: asyncio.Lock, what: str
-) -> AsyncIterator[aiosqlite.Connection]:
-    """One write transaction at a time on ``db`` (BEGIN IMMEDIATE ... COMMIT, rolled back on
-    any error); SQLite errors leave as :class:`~gateway.errors.StoreError`."""
-    async with lock:
-        try:
-            try:
-                # BEGIN inside the try: a cancelled BEGIN still runs on aiosqlite's thread,
-                # and must be rolled back or every later write would fail
-                await db.execute("BEGIN IMMEDIATE")
-                yield db
-                await db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):  # "no transaction": nothing to undo
-                    # shielded: a second cancellation must not leave the transaction open;
-                    # aiosqlite runs statements in order, so the next BEGIN comes after it
-                    await asyncio.shield(_rollback(db))
-                raise
-        except sqlite3.DatabaseError as exc:
-            raise translate_sqlite_error(exc, f"{what} failed") from exc
