@@ -17,10 +17,12 @@ from client_sdk.errors import (
     SdkError,
     StreamClosedByPolicy,
 )
-from client_sdk.outbox import NewEvent, Outbox, OutboxStats, Receipt, ReceiptStatus, RejectedEvent
+from client_sdk.outbox import Outbox
 from client_sdk.protocol import StreamSession, Update, reconnect_policy
-from client_sdk.subscriber import StreamState, StreamStateChange, Subscriber
-from client_sdk.uploader import ConnectionState, StateChange, Uploader
+from client_sdk.records import NewEvent, OutboxStats, Receipt, ReceiptStatus, RejectedEvent
+from client_sdk.states import ConnectionState, StateChange, StreamState, StreamStateChange
+from client_sdk.subscriber import Subscriber
+from client_sdk.uploader import Uploader
 
 __all__ = [
     "BlockingOutboxClient",

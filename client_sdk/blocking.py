@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
 
 from client_sdk.errors import ClientClosed
-from client_sdk.outbox import EventId, NewEvent, Outbox, OutboxStats
+from client_sdk.outbox import Outbox
+from client_sdk.records import EventId, NewEvent, OutboxStats
 from client_sdk.uploader import Uploader
 
 __all__ = ["BlockingOutboxClient"]

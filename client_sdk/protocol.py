@@ -41,15 +41,11 @@ caller's job (see :mod:`client_sdk.subscriber`).
 
 from __future__ import annotations
 
-import json
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Final, Literal, TypeAlias
-
-import msgpack
+from typing import Any, Final
 
 from client_sdk.errors import LocalProtocolError, ProtocolError, ProtocolViolation
 from client_sdk.events import (
@@ -64,6 +60,18 @@ from client_sdk.events import (
     Unsubscribed,
     Update,
 )
+from client_sdk.frames import (
+    SUBPROTOCOLS,
+    Encoding,
+    check_channel,
+    check_id,
+    decode_frame,
+    encode_frame,
+    optional_field,
+    parse_ack_result,
+    parse_update,
+    required_field,
+)
 from client_sdk.reconnect import (
     DontReconnect,
     Reconnect,
@@ -73,12 +81,10 @@ from client_sdk.reconnect import (
 )
 
 __all__ = [
-    "SUBPROTOCOLS",
     "TRANSITIONS",
     "Ack",
     "AckResult",
     "DontReconnect",
-    "Encoding",
     "ErrorEvent",
     "Event",
     "FrameKind",
@@ -98,18 +104,6 @@ __all__ = [
     "handshake_policy",
     "reconnect_policy",
 ]
-
-Encoding: TypeAlias = Literal["json", "msgpack"]
-
-SUBPROTOCOLS: Final[Mapping[str, str]] = {
-    "json": "sync-gateway.v1.json",
-    "msgpack": "sync-gateway.v1.msgpack",
-}
-"""The websocket subprotocol to offer (and to expect echoed) per encoding."""
-
-_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-_CHANNEL: Final = re.compile(r"[a-z][a-z0-9_-]{0,63}:[A-Za-z0-9][A-Za-z0-9._~-]{0,127}")
-
 
 # -- errors ---------------------------------------------------------------------------------
 
@@ -191,9 +185,10 @@ class StreamSession:
     """One websocket connection's protocol state, from the client's side.
 
     ``encoding`` is ``"json"`` (text frames) or ``"msgpack"`` (binary frames); offer
-    ``SUBPROTOCOLS[encoding]`` in the handshake. Methods that build a client frame return it
-    ready to send (``str`` for JSON, ``bytes`` for msgpack); :meth:`receive` parses one server
-    frame into events. A session lives as long as its connection.
+    ``SUBPROTOCOLS[encoding]`` (:mod:`client_sdk.frames`) in the handshake. Methods that build
+    a client frame return it ready to send (``str`` for JSON, ``bytes`` for msgpack);
+    :meth:`receive` parses one server frame into events. A session lives as long as its
+    connection.
     """
 
     def __init__(self, encoding: Encoding = "msgpack") -> None:
@@ -243,42 +238,36 @@ class StreamSession:
     def subscribe(self, sub: str, channel: str, cursor: str | None = None) -> str | bytes:
         """A ``subscribe`` frame: follow ``channel`` under id ``sub`` after ``cursor``
         (``None`` or ``""``: from now). ``sub`` must not be in use on this session."""
-        _check_id("sub", sub)
-        if not isinstance(channel, str) or _CHANNEL.fullmatch(channel) is None:
-            raise LocalProtocolError(f"invalid channel name {channel!r}")
+        check_id("sub", sub)
+        check_channel(channel)
         if cursor is not None and not isinstance(cursor, str):
             raise LocalProtocolError("a cursor is a string or None")
         self._move(sub, FrameKind.SUBSCRIBE, local=True)
         self._subs[sub] = _Subscription(channel, cursor or None)
-        return self._encode(
-            {"type": "subscribe", "sub": sub, "channel": channel, "cursor": cursor or None}
+        return encode_frame(
+            self.encoding,
+            {"type": "subscribe", "sub": sub, "channel": channel, "cursor": cursor or None},
         )
 
     def unsubscribe(self, sub: str) -> str | bytes:
         """An ``unsubscribe`` frame for a subscription that has been ``subscribed``."""
-        _check_id("sub", sub)
+        check_id("sub", sub)
         self._subs[sub].state = self._move(sub, FrameKind.UNSUBSCRIBE, local=True)
-        return self._encode({"type": "unsubscribe", "sub": sub})
+        return encode_frame(self.encoding, {"type": "unsubscribe", "sub": sub})
 
     def publish(self, req: str, events: Sequence[Any]) -> str | bytes:
         """A ``publish`` frame of event envelopes (validated by the gateway, per event)."""
-        _check_id("req", req)
+        check_id("req", req)
         if isinstance(events, str | bytes | Mapping):
             raise LocalProtocolError("events is a sequence of envelopes")
-        frame = self._encode({"type": "publish", "req": req, "events": list(events)})
+        frame = encode_frame(self.encoding, {"type": "publish", "req": req, "events": list(events)})
         self._pending_publishes[req] += 1
         return frame
 
     def ping(self) -> str | bytes:
         """An application-level ``ping`` (answered by a ``pong``)."""
         self._pings += 1
-        return self._encode({"type": "ping"})
-
-    def _encode(self, frame: dict[str, Any]) -> str | bytes:
-        if self.encoding == "json":
-            return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        packed: bytes = msgpack.packb(frame, use_bin_type=True)
-        return packed
+        return encode_frame(self.encoding, {"type": "ping"})
 
     # -- server frames ----------------------------------------------------------------------
 
@@ -291,59 +280,39 @@ class StreamSession:
         if self._broken is not None:
             raise ProtocolViolation(f"the session already failed: {self._broken}")
         try:
-            return self._receive(self._decode(frame))
+            return self._receive(decode_frame(self.encoding, frame))
         except ProtocolViolation as violation:
             self._broken = violation
             raise
-
-    def _decode(self, data: str | bytes) -> dict[str, Any]:
-        decoded: object
-        if self.encoding == "json":
-            if not isinstance(data, str):
-                raise ProtocolViolation("binary frame on the JSON subprotocol")
-            try:
-                decoded = json.loads(data, parse_constant=_refuse_constant)
-            except ValueError as exc:
-                raise ProtocolViolation(f"frame is not JSON: {exc}") from None
-        else:
-            if not isinstance(data, bytes | bytearray | memoryview):
-                raise ProtocolViolation("text frame on the msgpack subprotocol")
-            try:
-                decoded = msgpack.unpackb(data, raw=False, strict_map_key=True)
-            except (ValueError, TypeError, msgpack.UnpackException) as exc:
-                raise ProtocolViolation(f"frame is not msgpack: {type(exc).__name__}") from None
-        if not isinstance(decoded, dict) or not isinstance(decoded.get("type"), str):
-            raise ProtocolViolation("a frame must be an object with a 'type'")
-        return decoded
 
     def _receive(self, frame: dict[str, Any]) -> list[Event]:
         kind = frame["type"]
         if kind == "events":
             return list(self._on_events(frame))
         if kind == "live":
-            sub = _field(frame, "sub", str)
-            cursor = _field(frame, "cursor", str)
+            sub = required_field(frame, "sub", str)
+            cursor = required_field(frame, "cursor", str)
             held = self._advance(sub, FrameKind.LIVE)
             held.cursor = cursor
             return [Live(sub, held.channel, cursor)]
         if kind == "subscribed":
-            sub = _field(frame, "sub", str)
-            channel = _field(frame, "channel", str)
+            sub = required_field(frame, "sub", str)
+            channel = required_field(frame, "channel", str)
             held = self._advance(sub, FrameKind.SUBSCRIBED)
             if channel != held.channel:
                 raise ProtocolViolation(f"subscribed {sub!r} to {channel!r}, not {held.channel!r}")
             return [Subscribed(sub, channel)]
         if kind == "reset":
-            sub = _field(frame, "sub", str)
-            channel = _field(frame, "channel", str)
-            reason = _field(frame, "reason", str)
+            sub = required_field(frame, "sub", str)
+            channel = required_field(frame, "channel", str)
+            reason = required_field(frame, "reason", str)
             held = self._advance(sub, FrameKind.RESET)
             if channel != held.channel:
                 raise ProtocolViolation(f"reset of {sub!r} names {channel!r}")
             return [ResetEvent(sub, held.channel, reason)]
         if kind == "unsubscribed":
-            sub = _field(frame, "sub", str)
-            reason = _field(frame, "reason", str)
+            sub = required_field(frame, "sub", str)
+            reason = required_field(frame, "reason", str)
             held = self._advance(sub, FrameKind.UNSUBSCRIBED)
             return [Unsubscribed(sub, held.channel, reason)]
         if kind == "ack":
@@ -356,30 +325,30 @@ class StreamSession:
         raise ProtocolViolation(f"unknown server frame type {kind!r}")
 
     def _on_events(self, frame: dict[str, Any]) -> list[Update]:
-        sub = _field(frame, "sub", str)
-        raw = _field(frame, "events", list)
+        sub = required_field(frame, "sub", str)
+        raw = required_field(frame, "events", list)
         if not raw:
             raise ProtocolViolation("an events frame carries at least one update")
         held = self._advance(sub, FrameKind.EVENTS)
-        updates = [_update(sub, held.channel, item) for item in raw]
+        updates = [parse_update(sub, held.channel, item) for item in raw]
         held.cursor = updates[-1].cursor
         return updates
 
     def _on_ack(self, frame: dict[str, Any]) -> Ack:
-        req = _field(frame, "req", str)
-        results = _field(frame, "results", list)
+        req = required_field(frame, "req", str)
+        results = required_field(frame, "results", list)
         if self._pending_publishes[req] <= 0:
             raise ProtocolViolation(f"ack of {req!r}, which no publish is waiting for")
         self._pending_publishes[req] -= 1
         if self._pending_publishes[req] == 0:
             del self._pending_publishes[req]
-        return Ack(req, tuple(_ack_result(r) for r in results))
+        return Ack(req, tuple(parse_ack_result(r) for r in results))
 
     def _on_error(self, frame: dict[str, Any]) -> ErrorEvent:
-        code = _field(frame, "code", str)
-        message = _field(frame, "message", str)
-        sub = _optional(frame, "sub", str)
-        req = _optional(frame, "req", str)
+        code = required_field(frame, "code", str)
+        message = required_field(frame, "message", str)
+        sub = optional_field(frame, "sub", str)
+        req = optional_field(frame, "req", str)
         if req is not None and self._pending_publishes[req] > 0:
             self._pending_publishes[req] -= 1
             if self._pending_publishes[req] == 0:
@@ -413,60 +382,3 @@ class StreamSession:
             del self._subs[sub]
         held.state = target
         return held
-
-
-# -- frame fields ---------------------------------------------------------------------------
-
-
-def _check_id(name: str, value: object) -> None:
-    if not isinstance(value, str) or _ID.fullmatch(value) is None:
-        raise LocalProtocolError(f"{name!r} must match [A-Za-z0-9._:-]{{1,64}}: {value!r}")
-
-
-def _refuse_constant(name: str) -> object:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _field(frame: Mapping[str, Any], name: str, kind: type[Any]) -> Any:
-    value = frame.get(name)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ProtocolViolation(
-            f"{frame.get('type')!r} frame: {name!r} must be {kind.__name__}, got {value!r:.80}"
-        )
-    return value
-
-
-def _optional(frame: Mapping[str, Any], name: str, kind: type[Any]) -> Any:
-    return None if frame.get(name) is None else _field(frame, name, kind)
-
-
-def _update(sub: str, channel: str, item: object) -> Update:
-    if not isinstance(item, dict):
-        raise ProtocolViolation(f"an update must be an object, got {item!r:.80}")
-    data = item.get("data")
-    if data is not None and not isinstance(data, dict):
-        raise ProtocolViolation("an update's 'data' must be an object or null")
-    if "data" not in item or "key" not in item:
-        raise ProtocolViolation("an update has 'key' and 'data' (maybe null)")
-    return Update(
-        sub=sub,
-        channel=channel,
-        topic=_field(item, "topic", str),
-        partition=_field(item, "partition", int),
-        offset=_field(item, "offset", int),
-        key=_optional(item, "key", str),
-        timestamp=_field(item, "timestamp", int),
-        data=data,
-        cursor=_field(item, "cursor", str),
-    )
-
-
-def _ack_result(item: object) -> AckResult:
-    if not isinstance(item, dict):
-        raise ProtocolViolation(f"an ack result must be an object, got {item!r:.80}")
-    return AckResult(
-        index=_field(item, "index", int),
-        status=_field(item, "status", str),
-        event_id=_optional(item, "event_id", str),
-        error=_optional(item, "error", dict),
-    )

@@ -51,13 +51,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import inspect
 import logging
-import sqlite3
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TypeAlias, cast
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -70,11 +66,12 @@ from websockets.exceptions import (
 from websockets.typing import Subprotocol
 
 from client_sdk.auth import TokenSource, bearer_headers
+from client_sdk.channels import Channel, Handler, ResetHandler
 from client_sdk.cursor_store import CursorStore
 from client_sdk.errors import StreamClosedByPolicy
+from client_sdk.frames import Encoding
 from client_sdk.protocol import (
     DontReconnect,
-    Encoding,
     ErrorEvent,
     Event,
     Live,
@@ -86,65 +83,15 @@ from client_sdk.protocol import (
     handshake_policy,
     reconnect_policy,
 )
+from client_sdk.states import StreamState, StreamStateChange
 from gateway.core.backoff import Backoff
 
-__all__ = [
-    "AsyncHandler",
-    "Handler",
-    "ResetHandler",
-    "StreamClosedByPolicy",
-    "StreamState",
-    "StreamStateChange",
-    "Subscriber",
-    "SyncHandler",
-]
+__all__ = ["StreamClosedByPolicy", "Subscriber"]
 
 logger = logging.getLogger(__name__)
 
-SyncHandler: TypeAlias = Callable[[Update, sqlite3.Connection], None]
-"""Applies one update through the store's connection, inside its transaction (exactly once)."""
-AsyncHandler: TypeAlias = Callable[[Update], Awaitable[None]]
-"""Applies one update outside the store's transaction (at least once)."""
-Handler: TypeAlias = SyncHandler | AsyncHandler
-ResetHandler: TypeAlias = Callable[[str], Awaitable[str | None]]
-"""Rebuilds a channel after a reset; returns the cursor to resume from (``None``: from now)."""
-
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest incoming message accepted (the protocol asks for at least 16 MiB)."""
-
-
-class StreamState(enum.Enum):
-    """What the subscriber's connection is doing."""
-
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    LIVE = "live"
-    """Every channel has caught up (received ``live``)."""
-    DISCONNECTED = "disconnected"
-    """The connection dropped; a reconnect follows after ``retry_in`` seconds."""
-    CLOSED = "closed"
-    """``run()`` ended: closed by the app, or refused by policy (``close_code``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStateChange:
-    """One connection state change, as given to ``on_state``."""
-
-    state: StreamState
-    close_code: int | None = None
-    retry_in: float | None = None
-    error: BaseException | None = None
-
-
-@dataclass(slots=True, eq=False)
-class _Channel:
-    name: str
-    handler: Handler
-    is_async: bool
-    on_reset: ResetHandler | None
-    sub: str | None = None
-    live: bool = False
-    retry: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=30.0))
 
 
 class Subscriber:
@@ -180,8 +127,8 @@ class Subscriber:
         self._open_timeout = open_timeout
         self._close_timeout = close_timeout
         self._max_size = max_message_bytes
-        self._channels: dict[str, _Channel] = {}
-        self._by_sub: dict[str, _Channel] = {}
+        self._channels: dict[str, Channel] = {}
+        self._by_sub: dict[str, Channel] = {}
         self._next_sub = 0
         self._ws: ClientConnection | None = None
         self._session: StreamSession | None = None
@@ -206,7 +153,7 @@ class Subscriber:
         """
         if channel in self._channels:
             raise ValueError(f"already subscribed to {channel!r}")
-        entry = _Channel(channel, handler, inspect.iscoroutinefunction(handler), on_reset)
+        entry = Channel(channel, handler, inspect.iscoroutinefunction(handler), on_reset)
         self._channels[channel] = entry
         self._wake.set()
         ws, session = self._ws, self._session
@@ -353,7 +300,7 @@ class Subscriber:
     ) -> None:
         updates = [e for e in events if isinstance(e, Update)]
         if updates:  # one events frame: all of one subscription
-            await self._apply(self._by_sub[updates[0].sub], updates)
+            await self._by_sub[updates[0].sub].apply(self.store, updates)
         for event in events:
             if isinstance(event, Live):
                 await self._on_live(self._by_sub[event.sub], event)
@@ -370,23 +317,7 @@ class Subscriber:
                     await self._sleep(entry.retry.next_delay())
                     await self._subscribe(ws, session, entry)
 
-    async def _apply(self, entry: _Channel, updates: list[Update]) -> None:
-        cursor = updates[-1].cursor
-        if entry.is_async:
-            handler = cast(AsyncHandler, entry.handler)
-            for update in updates:
-                await handler(update)
-            await asyncio.to_thread(self.store.apply, entry.name, cursor, None)
-            return
-        sync_handler = cast(SyncHandler, entry.handler)
-
-        def effect(db: sqlite3.Connection) -> None:
-            for update in updates:
-                sync_handler(update, db)
-
-        await asyncio.to_thread(self.store.apply, entry.name, cursor, effect)
-
-    async def _on_live(self, entry: _Channel, live: Live) -> None:
+    async def _on_live(self, entry: Channel, live: Live) -> None:
         await asyncio.to_thread(self.store.apply, entry.name, live.cursor, None)
         entry.live = True
         entry.retry.reset()
@@ -409,13 +340,13 @@ class Subscriber:
         else:
             logger.error("subscribe of %s refused: %s %s", entry.name, err.code, err.message)
 
-    async def _reset(self, ws: ClientConnection, session: StreamSession, entry: _Channel) -> None:
+    async def _reset(self, ws: ClientConnection, session: StreamSession, entry: Channel) -> None:
         entry.sub, entry.live = None, False
         await asyncio.to_thread(self.store.mark_reset, entry.name)
         await self._subscribe(ws, session, entry)
 
     async def _subscribe_now(
-        self, ws: ClientConnection, session: StreamSession, entry: _Channel
+        self, ws: ClientConnection, session: StreamSession, entry: Channel
     ) -> None:
         """:meth:`_subscribe` for a channel added while connected (a failure here is the
         connection's: the reader sees it and reconnects)."""
@@ -423,7 +354,7 @@ class Subscriber:
             await self._subscribe(ws, session, entry)
 
     async def _subscribe(
-        self, ws: ClientConnection, session: StreamSession, entry: _Channel
+        self, ws: ClientConnection, session: StreamSession, entry: Channel
     ) -> None:
         """Subscribe ``entry`` with its stored cursor, rebuilding it first after a reset."""
         if await asyncio.to_thread(self.store.needs_reset, entry.name):

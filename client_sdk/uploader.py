@@ -23,72 +23,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, Final, Literal
 
 import httpx
-import msgpack
 
 from client_sdk.auth import TokenSource, bearer_headers
+from client_sdk.batches import JSON, MSGPACK, encode_batch, read_answer, too_large_receipt
 from client_sdk.errors import (
-    BatchRefused,
     BatchTooLarge,
     ClientClosed,
     ConnectionFailed,
     FlushTimeout,
     ServerError,
     ServiceUnavailable,
-    TokenRefused,
     UploadError,
 )
-from client_sdk.outbox import (
-    EventId,
-    Outbox,
-    OutboxStats,
-    PendingEvent,
-    Receipt,
-    ReceiptStatus,
-)
+from client_sdk.outbox import Outbox
+from client_sdk.records import OutboxStats, PendingEvent, Receipt
+from client_sdk.states import ConnectionState, StateChange
 from gateway.core.backoff import Backoff
 
-__all__ = ["ConnectionState", "StateChange", "Uploader", "UploaderEvent"]
+__all__ = ["Uploader", "UploaderEvent"]
 
 log = logging.getLogger("client_sdk.uploader")
 
-MSGPACK: Final = "application/msgpack"
-JSON: Final = "application/json"
-MAX_RETRY_AFTER_S: Final = 300.0
 GROW_BACK_AFTER: Final = 32
 """Successful batches after which a batch size halved by a 413 is doubled again."""
-
-
-class ConnectionState(StrEnum):
-    """How the uploader's link to the gateway is doing."""
-
-    UNKNOWN = "unknown"
-    """Nothing sent yet."""
-    ONLINE = "online"
-    """The last request was answered."""
-    OFFLINE = "offline"
-    """The last request failed (no connection, timeout, 5xx, 503); retrying with backoff."""
-    CLOSED = "closed"
-    """``close()`` was called."""
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """The connection state changed; ``error`` says why when it went offline."""
-
-    state: ConnectionState
-    previous: ConnectionState
-    error: str | None = None
 
 
 UploaderEvent = Receipt | StateChange
@@ -362,7 +325,7 @@ class Uploader:
                     if len(batch) > 1:
                         self._shrink(batch)
                         continue
-                    receipts = [_too_large(batch[0], exc)]
+                    receipts = [too_large_receipt(batch[0], exc)]
                 except UploadError as exc:
                     await self._failed(exc)
                     raise
@@ -370,7 +333,7 @@ class Uploader:
                 return len(receipts)
 
     async def _post(self, batch: Sequence[PendingEvent]) -> list[Receipt]:
-        body = self._encode(batch)
+        body = encode_batch(batch, self._encoding)
         try:
             headers = self._headers | await bearer_headers(self._token)
             answer = await self._http.post(self._url, content=body, headers=headers)
@@ -378,27 +341,7 @@ class Uploader:
             raise ConnectionFailed(f"timeout: {exc!r}") from exc
         except httpx.TransportError as exc:
             raise ConnectionFailed(f"connection failed: {exc!r}") from exc
-        status = answer.status_code
-        if status == 200:
-            return _receipts(batch, _decode(answer))
-        code, message = _error_of(answer)
-        text = f"HTTP {status} {code or ''}: {message}".strip()
-        if status == 413:
-            raise BatchTooLarge(text, status=status, code=code)
-        if status == 401:
-            raise TokenRefused(text, status=status, code=code)
-        if status in (429, 503):
-            retry_after = _retry_after(answer.headers.get("retry-after"))
-            raise ServiceUnavailable(text, status=status, code=code, retry_after=retry_after)
-        if status >= 500:
-            raise ServerError(text, status=status, code=code)
-        raise BatchRefused(text, status=status, code=code)
-
-    def _encode(self, batch: Sequence[PendingEvent]) -> bytes:
-        if self._encoding == "json":
-            return b'{"events":[' + b",".join(e.envelope for e in batch) + b"]}"
-        packed: bytes = msgpack.packb({"events": [json.loads(e.envelope) for e in batch]})
-        return packed
+        return read_answer(batch, answer)
 
     def _shrink(self, batch: Sequence[PendingEvent]) -> None:
         """413 for several events: halve the limits (they grow back after many successes)."""
@@ -441,17 +384,6 @@ class Uploader:
             self._set_state(ConnectionState.ONLINE)
 
 
-def _too_large(event: PendingEvent, exc: BatchTooLarge) -> Receipt:
-    """A lone event the gateway refuses with 413: no request can ever carry it; it is moved
-    aside like a rejected event instead of blocking the queue."""
-    return Receipt(
-        event.event_id,
-        ReceiptStatus.REJECTED,
-        code=exc.code or "body_too_large",
-        message=f"refused by the gateway even alone: {exc}",
-    )
-
-
 def _call(callback: Callable[[Any], object] | None, value: object) -> None:
     if callback is None:
         return
@@ -459,78 +391,3 @@ def _call(callback: Callable[[Any], object] | None, value: object) -> None:
         callback(value)
     except Exception:
         log.exception("uploader callback %r failed", callback)
-
-
-def _decode(answer: httpx.Response) -> Any:
-    """The answer's body by its content type; ConnectionFailed when unreadable (the batch is
-    sent again: its accepted events come back duplicate)."""
-    try:
-        if answer.headers.get("content-type", "").startswith(MSGPACK):
-            return msgpack.unpackb(answer.content)
-        return json.loads(answer.content)
-    except Exception as exc:
-        raise ConnectionFailed(f"unreadable answer ({answer.status_code}): {exc!r}") from exc
-
-
-def _receipts(batch: Sequence[PendingEvent], body: Any) -> list[Receipt]:
-    """One receipt per event of the batch from a 200 answer (ConnectionFailed if it does not
-    answer for exactly the batch's events)."""
-    results = body.get("results") if isinstance(body, dict) else None
-    if not isinstance(results, list) or len(results) != len(batch):
-        raise ConnectionFailed(f"answer does not list one result per event: {str(body)[:200]}")
-    now = time.time()
-    out: list[Receipt] = []
-    for position, (event, result) in enumerate(zip(batch, results, strict=True)):
-        if not isinstance(result, dict) or result.get("index", position) != position:
-            raise ConnectionFailed(f"result {position} is not for event {position}: {result!r}")
-        answered_id = result.get("event_id")
-        if isinstance(answered_id, str) and answered_id.lower() != event.event_id:
-            raise ConnectionFailed(f"result {position} names {answered_id}, not {event.event_id}")
-        try:
-            status = ReceiptStatus(str(result.get("status")))
-        except ValueError:
-            raise ConnectionFailed(f"unknown status in {result!r}") from None
-        if status is ReceiptStatus.REJECTED:
-            error = result.get("error")
-            if not isinstance(error, dict):
-                error = {}
-            out.append(
-                Receipt(
-                    EventId(event.event_id),
-                    status,
-                    now,
-                    code=str(error.get("code") or "rejected"),
-                    field=error.get("field") if isinstance(error.get("field"), str) else None,
-                    message=str(error.get("message") or ""),
-                )
-            )
-        else:
-            out.append(Receipt(EventId(event.event_id), status, now))
-    return out
-
-
-def _error_of(answer: httpx.Response) -> tuple[str | None, str]:
-    """(code, message) of an error answer, as far as it can be read."""
-    try:
-        body = _decode(answer)
-        error = body["error"]
-        return str(error.get("code")), str(error.get("message", ""))
-    except Exception:
-        return None, answer.text[:200] if answer.content else answer.reason_phrase
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date), capped; None if absent
-    or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER_S)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return min(max(0.0, (when - datetime.now(UTC)).total_seconds()), MAX_RETRY_AFTER_S)

@@ -23,10 +23,12 @@ import httpx
 from client_sdk.cursor_store import CursorStore
 from client_sdk.loadgen.latency import LatencyRecorder
 from client_sdk.loadgen.report import LoadConfig
-from client_sdk.outbox import EventId, Outbox, Receipt, ReceiptStatus
+from client_sdk.outbox import Outbox
 from client_sdk.protocol import Update
-from client_sdk.subscriber import StreamState, StreamStateChange, Subscriber
-from client_sdk.uploader import ConnectionState, StateChange, Uploader
+from client_sdk.records import EventId, Receipt, ReceiptStatus
+from client_sdk.states import ConnectionState, StateChange, StreamState, StreamStateChange
+from client_sdk.subscriber import Subscriber
+from client_sdk.uploader import Uploader
 from gateway.core.backoff import Backoff
 
 __all__ = ["Device", "Tally", "device_name", "open_files"]

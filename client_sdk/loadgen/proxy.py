@@ -48,53 +48,16 @@ import random
 from dataclasses import dataclass
 from typing import Final, Literal
 
-__all__ = ["Direction", "FaultProxy", "Faults", "ProxyMode", "ProxyStats"]
+from client_sdk.loadgen.shaping import CHUNK, Faults, Link, LinkReset, Shaper
+
+__all__ = ["FaultProxy", "Faults", "ProxyMode", "ProxyStats"]
 
 log = logging.getLogger(__name__)
 
 ProxyMode = Literal["refuse", "blackhole"]
-Direction = Literal["up", "down", "both"]
-"""``up``: client -> target; ``down``: target -> client; ``both``: the two counted together."""
-CHUNK: Final = 64 * 1024
 QUEUE_CHUNKS: Final = 16
 """Chunks a direction's delay line holds at most (then the proxy stops reading)."""
 CONNECT_TIMEOUT_S: Final = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Faults:
-    """How the link misbehaves while it is up (the default: not at all)."""
-
-    latency_s: float = 0.0
-    """Delay of every chunk, each direction."""
-    jitter_s: float = 0.0
-    """Extra delay, uniform in ``[0, jitter_s]``, drawn per chunk."""
-    bandwidth_bps: int | None = None
-    """Bytes per second per direction (all connections together); ``None``: unlimited."""
-    reset_after_bytes: int | None = None
-    """Abort a connection once this many bytes passed in ``reset_direction``."""
-    reset_direction: Direction = "both"
-    reset_once: bool = False
-    """Reset only the first connection reaching ``reset_after_bytes`` (per :meth:`degrade`)."""
-    slice_bytes: int | None = None
-    """Write in pieces of at most this many bytes, draining after each."""
-    slice_pause_s: float = 0.0
-    """Pause after each piece when slicing (0: just yield to the event loop once)."""
-
-    def __post_init__(self) -> None:
-        if self.latency_s < 0 or self.jitter_s < 0 or self.slice_pause_s < 0:
-            raise ValueError("latency_s, jitter_s and slice_pause_s must be >= 0")
-        for name in ("bandwidth_bps", "reset_after_bytes", "slice_bytes"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or None")
-        if self.reset_direction not in ("up", "down", "both"):
-            raise ValueError(f"reset_direction must be up, down or both: {self.reset_direction!r}")
-
-    @property
-    def healthy(self) -> bool:
-        """Whether nothing is degraded."""
-        return self == Faults()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,53 +82,6 @@ class ProxyStats:
     """Connections aborted by ``reset_after_bytes``."""
     writes: int = 0
     """Writes to either side (more than chunks when slicing or pacing)."""
-
-
-class _TokenBucket:
-    """Paces writes to ``rate`` bytes per second; callers are served in turn (FIFO lock)."""
-
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self.burst = max(1, min(CHUNK, rate))
-        self._tokens = float(self.burst)
-        self._stamp: float | None = None
-        self._lock = asyncio.Lock()
-
-    async def take(self, n: int) -> None:
-        """Wait until ``n`` (at most ``burst``) bytes may pass."""
-        loop = asyncio.get_running_loop()
-        async with self._lock:
-            while True:
-                now = loop.time()
-                if self._stamp is not None:
-                    self._tokens = min(
-                        float(self.burst), self._tokens + (now - self._stamp) * self.rate
-                    )
-                self._stamp = now
-                if self._tokens >= n:
-                    self._tokens -= n
-                    return
-                await asyncio.sleep((n - self._tokens) / self.rate)
-
-
-class _Link:
-    """One client connection and, once connected, its upstream connection."""
-
-    def __init__(self, client: asyncio.StreamWriter) -> None:
-        self.client = client
-        self.upstream: asyncio.StreamWriter | None = None
-        self.generation = -1
-        """The faults generation the byte counts below belong to."""
-        self.counted = {"up": 0, "down": 0}
-
-    def abort(self) -> None:
-        for writer in (self.client, self.upstream):
-            if writer is not None:
-                writer.transport.abort()
-
-
-class _Reset(Exception):
-    """The connection reached ``reset_after_bytes``."""
 
 
 class FaultProxy:
@@ -195,20 +111,15 @@ class FaultProxy:
         self.target_port = target_port
         self.mode: ProxyMode = mode
         self.max_connections = max_connections
-        self._rng = rng if rng is not None else random.Random()
-        self._faults = Faults()
-        self._generation = 0
-        self._buckets: dict[str, _TokenBucket] = {}
-        self._reset_spent = False
+        self._shaper = Shaper(rng if rng is not None else random.Random())
         self.faults = faults if faults is not None else Faults(latency_s=latency_s)
         self._listen_port = listen_port
         self._server: asyncio.Server | None = None
-        self._links: set[_Link] = set()
-        self._held: set[_Link] = set()
+        self._links: set[Link] = set()
+        self._held: set[Link] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._up = True
         self._connections = self._refused = self._cuts = self._dropped = 0
-        self._bytes_up = self._bytes_down = self._resets = self._writes = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -263,24 +174,17 @@ class FaultProxy:
     @property
     def faults(self) -> Faults:
         """The faults applied now (to live connections too, from their next chunk)."""
-        return self._faults
+        return self._shaper.faults
 
     @faults.setter
     def faults(self, faults: Faults) -> None:
-        self._faults = faults
-        self._generation += 1  # byte counts for reset_after_bytes start afresh
-        self._reset_spent = False
-        rate = faults.bandwidth_bps
-        if rate is None:
-            self._buckets = {}
-        elif not self._buckets or self._buckets["up"].rate != rate:
-            self._buckets = {"up": _TokenBucket(rate), "down": _TokenBucket(rate)}
+        self._shaper.faults = faults
 
     def degrade(self, faults: Faults | None = None, **changes: object) -> Faults:
         """Set the faults: ``faults`` as given, or the current ones with ``changes`` (field
         names of :class:`Faults`, e.g. ``degrade(latency_s=0.05, slice_bytes=7)``). Returns
         the faults now applied."""
-        base = faults if faults is not None else self._faults
+        base = faults if faults is not None else self._shaper.faults
         new = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
         self.faults = new
         return new
@@ -292,7 +196,7 @@ class FaultProxy:
     @property
     def latency_s(self) -> float:
         """Shorthand for ``faults.latency_s`` (settable)."""
-        return self._faults.latency_s
+        return self._shaper.faults.latency_s
 
     @latency_s.setter
     def latency_s(self, value: float) -> None:
@@ -351,10 +255,10 @@ class FaultProxy:
             active=len(self._links) + len(self._held),
             cuts=self._cuts,
             dropped=self._dropped,
-            bytes_up=self._bytes_up,
-            bytes_down=self._bytes_down,
-            resets=self._resets,
-            writes=self._writes,
+            bytes_up=self._shaper.bytes_up,
+            bytes_down=self._shaper.bytes_down,
+            resets=self._shaper.resets,
+            writes=self._shaper.writes,
         )
 
     # -- relaying -------------------------------------------------------------------------------
@@ -363,7 +267,7 @@ class FaultProxy:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
-        link = _Link(writer)
+        link = Link(writer)
         try:
             if len(self._links) + len(self._held) >= self.max_connections:
                 self._refused += 1
@@ -380,14 +284,14 @@ class FaultProxy:
                     self._held.discard(link)
                 return
             await self._relay(link, reader)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, _Reset) as exc:
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, LinkReset) as exc:
             log.debug("proxied connection ended: %r", exc)
         finally:
             link.abort()
             if task is not None:
                 self._tasks.discard(task)
 
-    async def _relay(self, link: _Link, client_reader: asyncio.StreamReader) -> None:
+    async def _relay(self, link: Link, client_reader: asyncio.StreamReader) -> None:
         try:
             up_reader, upstream = await asyncio.wait_for(
                 asyncio.open_connection(self.target_host, self.target_port, limit=CHUNK),
@@ -417,7 +321,7 @@ class FaultProxy:
             self._links.discard(link)
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link, *, up: bool
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: Link, *, up: bool
     ) -> None:
         """Copy one direction until EOF (then half-close) or an error (then abort both).
 
@@ -429,10 +333,7 @@ class FaultProxy:
         async def read_side() -> None:
             last_due = 0.0
             while chunk := await reader.read(CHUNK):
-                faults = self._faults
-                delay = faults.latency_s
-                if faults.jitter_s:
-                    delay += self._rng.uniform(0.0, faults.jitter_s)
+                delay = self._shaper.delay()
                 last_due = max(last_due, loop.time() + delay) if delay else last_due
                 await line.put((last_due, chunk))
             await line.put(None)
@@ -455,10 +356,10 @@ class FaultProxy:
                 wait = due - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                await self._send(chunk, writer, link, up=up)
+                await self._shaper.send(chunk, writer, link, up=up)
             if writer.can_write_eof() and not writer.is_closing():
                 writer.write_eof()
-        except (OSError, RuntimeError, _Reset):
+        except (OSError, RuntimeError, LinkReset):
             writer.transport.abort()
             raise
         finally:
@@ -468,47 +369,3 @@ class FaultProxy:
             await asyncio.wait([feeder])
             if not feeder.cancelled():
                 feeder.exception()  # retrieved (it was raised above, or there was none)
-
-    async def _send(
-        self, chunk: bytes, writer: asyncio.StreamWriter, link: _Link, *, up: bool
-    ) -> None:
-        """Write one chunk under the current faults; raises :class:`_Reset` (after writing the
-        bytes up to the limit) when the connection must be reset."""
-        faults = self._faults
-        direction = "up" if up else "down"
-        reset_now = False
-        limit = faults.reset_after_bytes
-        if limit is not None and faults.reset_direction in (direction, "both"):
-            if link.generation != self._generation:
-                link.generation = self._generation
-                link.counted = {"up": 0, "down": 0}
-            if not (faults.reset_once and self._reset_spent):
-                passed = link.counted["up"] + link.counted["down"]
-                if faults.reset_direction != "both":
-                    passed = link.counted[direction]
-                if passed + len(chunk) >= limit:
-                    chunk = chunk[: max(0, limit - passed)]
-                    reset_now = True
-                    self._reset_spent = True  # before any await: one connection only
-        piece = faults.slice_bytes or CHUNK
-        bucket = self._buckets.get(direction)
-        if bucket is not None:
-            piece = min(piece, bucket.burst)
-        for start in range(0, len(chunk), piece):
-            part = chunk[start : start + piece]
-            if bucket is not None:
-                await bucket.take(len(part))
-            writer.write(part)
-            await writer.drain()
-            self._writes += 1
-            link.counted[direction] += len(part)
-            if up:
-                self._bytes_up += len(part)
-            else:
-                self._bytes_down += len(part)
-            if faults.slice_bytes is not None:
-                await asyncio.sleep(faults.slice_pause_s)
-        if reset_now:
-            self._resets += 1
-            link.abort()
-            raise _Reset(f"reset after {limit} bytes ({faults.reset_direction})")

@@ -35,7 +35,7 @@ from rich.table import Table
 from client_sdk.loadgen.devices import Device, Tally, open_files
 from client_sdk.loadgen.proxy import FaultProxy
 from client_sdk.loadgen.report import LoadConfig, LoadReport
-from client_sdk.outbox import ReceiptStatus
+from client_sdk.records import ReceiptStatus
 
 __all__ = ["Sample", "run_load"]
 

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from client_sdk.errors import InvalidEvent, OutboxClosed
-from client_sdk.outbox import EventId, NewEvent, Outbox, Receipt, ReceiptStatus
+from client_sdk.outbox import Outbox
+from client_sdk.records import EventId, NewEvent, Receipt, ReceiptStatus
 
 PAYLOAD: dict[str, Any] = {"orderId": "o-1", "userId": "u-1", "n": 1}
 
@@ -243,7 +244,8 @@ PUBLISHER = textwrap.dedent(
 ANSWERER = textwrap.dedent(
     """
     import sys
-    from client_sdk.outbox import Outbox, Receipt, ReceiptStatus
+    from client_sdk.outbox import Outbox
+    from client_sdk.records import Receipt, ReceiptStatus
     box = Outbox(sys.argv[1])
     while True:
         batch = box.pending(limit=7)

@@ -21,15 +21,13 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
+from client_sdk.channels import ResetHandler
 from client_sdk.cursor_store import CursorStore
 from client_sdk.errors import StreamClosedByPolicy
-from client_sdk.protocol import Encoding, Update
-from client_sdk.subscriber import (
-    ResetHandler,
-    StreamState,
-    StreamStateChange,
-    Subscriber,
-)
+from client_sdk.frames import Encoding
+from client_sdk.protocol import Update
+from client_sdk.states import StreamState, StreamStateChange
+from client_sdk.subscriber import Subscriber
 from gateway.core.backoff import Backoff
 from gateway.core.cursor import Cursor, CursorCodec
 from gateway.core.ids import Epoch

@@ -17,8 +17,10 @@ import msgpack
 import pytest
 
 from client_sdk.blocking import BlockingOutboxClient
-from client_sdk.outbox import EventId, NewEvent, Outbox, Receipt, ReceiptStatus
-from client_sdk.uploader import ConnectionState, StateChange, Uploader
+from client_sdk.outbox import Outbox
+from client_sdk.records import EventId, NewEvent, Receipt, ReceiptStatus
+from client_sdk.states import ConnectionState, StateChange
+from client_sdk.uploader import Uploader
 from gateway.core.backoff import Backoff
 from gateway.testing.gateway_process import GatewayProcess
 from gateway.testing.kafka_broker import KafkaBroker
