@@ -1472,6 +1472,13 @@ def main() -> None:
     parser.add_argument("--storm-behind", type=int, default=300, help="updates per channel")
     parser.add_argument("--storm-timeout", type=float, default=120.0)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument(
+        "--gateway-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a gateway setting (e.g. downstream_min_interval_ms=0); repeatable",
+    )
     parser.add_argument("--connect-concurrency", type=int, default=100, help="per worker")
     parser.add_argument("--connect-timeout", type=float, default=180.0)
     parser.add_argument(
@@ -1500,6 +1507,8 @@ def main() -> None:
     counts = parse_counts(args.connections)
     if not 1 <= args.channels <= 0xFFF:
         parser.error("--channels must be 1..4095")
+    if any("=" not in item for item in args.gateway_setting):
+        parser.error("--gateway-setting takes NAME=VALUE")
     needed = max([*counts, args.storm_clients]) + 1024
     limit = raise_fd_limit(needed)
     if limit < needed:
@@ -1522,6 +1531,7 @@ def main() -> None:
         }
         if args.queue_max:
             settings["stream_queue_max"] = str(args.queue_max)
+        settings |= dict(item.split("=", 1) for item in args.gateway_setting)
         gateway = stack.enter_context(GatewayProcess(tmp / "gw", settings=settings))
         log_from = 0
         try:

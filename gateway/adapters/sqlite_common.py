@@ -1,21 +1,24 @@
 """SQLite plumbing shared by the event store and the downstream log: opening a connection,
-running a statement to its end, one write transaction at a time, and sqlite3's errors
-translated into the gateway's (:class:`~gateway.errors.StoreError`)."""
+running a statement to its end, one write transaction at a time (statement by statement on
+aiosqlite, or whole in one call on a :class:`SqliteWriter`), and sqlite3's errors translated
+into the gateway's (:class:`~gateway.errors.StoreError`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from gateway.errors import StoreCorrupt, StoreError, StoreUnavailable
 
 BUSY_TIMEOUT_MS = 5000
+
+T = TypeVar("T")
 
 
 async def connect(path: Path, what: str, *pragmas: str) -> aiosqlite.Connection:
@@ -83,3 +86,71 @@ async def write_transaction(
                 raise
         except sqlite3.DatabaseError as exc:
             raise translate_sqlite_error(exc, f"{what} failed") from exc
+
+
+class SqliteWriter:
+    """A connection that writes on the event loop's own thread, each transaction whole in one
+    call: :meth:`transaction` runs ``work(connection)`` between ``BEGIN IMMEDIATE`` and
+    ``COMMIT`` (``ROLLBACK`` if it raises). For short transactions that never wait for the disk
+    at commit (``synchronous=NORMAL`` in WAL mode: only checkpoints sync, a few milliseconds).
+
+    Why not a thread (aiosqlite, or one trip per transaction to a thread of our own): the work
+    is CPU-bound under the GIL, and each row handed to SQLite from another thread must take the
+    GIL back from an event loop busy writing frames. Under fan-out load an append of 200
+    records took 60-90 ms that way, and 7-15 ms here. Being synchronous, a transaction is also
+    whole whatever happens to the task that asked for it. sqlite3's errors leave as
+    :class:`~gateway.errors.StoreError`."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self._path = path
+        self._what = what
+        self._db: sqlite3.Connection | None = None
+
+    def open(self, *pragmas: str) -> None:
+        """Connect (autocommit mode: transactions are explicit) and apply ``pragmas``."""
+        try:
+            db = sqlite3.connect(self._path, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise translate_sqlite_error(exc, f"cannot open {self._what}") from exc
+        try:
+            for pragma in (f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}", *pragmas):
+                db.execute(pragma).fetchall()
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise translate_sqlite_error(exc, f"cannot open {self._what}") from exc
+        self._db = db
+
+    def run(self, work: Callable[[sqlite3.Connection], T], what: str) -> T:
+        """``work(connection)`` outside any transaction (e.g. a schema script)."""
+        db = self._require()
+        try:
+            return work(db)
+        except sqlite3.DatabaseError as exc:
+            raise translate_sqlite_error(exc, f"{self._what}: {what} failed") from exc
+
+    def transaction(self, work: Callable[[sqlite3.Connection], T], what: str) -> T:
+        """``work(connection)`` in one write transaction; its result."""
+        db = self._require()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):  # "no transaction": nothing to undo
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as exc:
+            raise translate_sqlite_error(exc, f"{self._what}: {what} failed") from exc
+        return result
+
+    def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+
+    def _require(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreUnavailable(f"{self._what} is not open")
+        return self._db

@@ -213,11 +213,12 @@ DEFAULT_CHANNEL_RULES: Final[tuple[ChannelRule, ...]] = parse_channel_rules(
 class ChannelMapper:
     """Maps Kafka records to the channels they belong to, by a set of :class:`ChannelRule`."""
 
-    __slots__ = ("_by_topic", "_rules")
+    __slots__ = ("_by_topic", "_decoder", "_rules")
 
     def __init__(self, rules: Iterable[ChannelRule] = DEFAULT_CHANNEL_RULES) -> None:
         """Group the rules by topic (the order of rules is the order of a record's channels)."""
         self._rules = tuple(rules)
+        self._decoder = json.JSONDecoder(parse_constant=refuse_json_constant)  # not one per record
         self._by_topic: dict[str, tuple[ChannelRule, ...]] = {}
         for rule in self._rules:
             self._by_topic[rule.topic] = (*self._by_topic.get(rule.topic, ()), rule)
@@ -245,8 +246,8 @@ class ChannelMapper:
         if not value.startswith(b"{"):  # no BOM, no other encoding: it is embedded as it is
             return []
         try:
-            envelope = json.loads(value, parse_constant=refuse_json_constant)
-        except (ValueError, RecursionError):
+            envelope = self._decoder.decode(value.decode())
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             return []
         return self._channels(rules, envelope)
 

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -90,7 +90,9 @@ def plan_start(
 class DownstreamSettings:
     topics: tuple[str, ...]
     bootstrap: str
-    batch_max: int = 2000
+    batch_max: int = 500
+    """Most records per append. An append holds the event loop while it runs (a few ms per
+    hundred records; see ``SqliteWriter``), so a backlog goes in slices."""
     fetch_timeout_s: float = 0.5
     ping_interval_s: float = 2.0
     """While idle, how often the link is checked (an outage makes fetches empty, not fail)."""
@@ -275,8 +277,19 @@ class DownstreamConsumer(SessionLoop):
                 )
             except Exception as exc:  # a record no mapping understands must not stop the path
                 failure, channels = exc, ()
-            if channels:
-                mapped.append(replace(record, channels=channels))
+            if channels:  # built directly: dataclasses.replace costs more than the mapping
+                mapped.append(
+                    LogRecord(
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        record.key,
+                        record.value,
+                        record.headers,
+                        record.timestamp_ms,
+                        channels,
+                    )
+                )
         self.unmapped += len(records) - len(mapped)
         if failure is not None:
             log.warning("channel mapping failed on a record (it is skipped): %s", failure)

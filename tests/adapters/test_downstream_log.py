@@ -12,12 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.adapters import sqlite_downstream
-from gateway.adapters.sqlite_downstream import (
-    SqliteDownstreamLog,
-    check_snapshot_request,
-    snapshot_channels,
-)
+from gateway.adapters import sqlite_downstream, sqlite_downstream_writes
+from gateway.adapters.sqlite_downstream import SqliteDownstreamLog, check_snapshot_request
+from gateway.adapters.sqlite_downstream_writes import snapshot_channels
 from gateway.core.ids import Epoch, KafkaOffset
 from gateway.flows.downstream_ports import (
     DownstreamLog,
@@ -538,3 +535,30 @@ async def test_a_cancelled_read_leaves_the_log_readable_and_current(
             assert (await dlog.bounds(INV, 0)) == LogBounds(off(0), off(offset))
             page = await dlog.read(["c"], {}, 1000)
             assert (len(page.records), page.positions) == (offset, {(INV, 0): off(offset)})
+
+
+async def test_sqlite_append_that_fails_half_way_stores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log keeps what the last append committed, to read it no more: an append that fails
+    after it began must leave neither rows nor a stale view behind (the same records then go
+    in whole, once)."""
+    async with SqliteDownstreamLog(tmp_path / "downstream.sqlite3") as sqlite_log:
+        await sqlite_log.append_batch([rec(INV, 0, 0, "c")], {})
+        row_of = sqlite_downstream_writes._record_row
+
+        def fail_at_2(record: LogRecord) -> tuple[object, ...]:
+            if record.offset == 2:
+                raise RuntimeError("encoding failed")
+            return row_of(record)
+
+        batch = [rec(INV, 0, o, "c") for o in (1, 2, 3)]
+        monkeypatch.setattr(sqlite_downstream_writes, "_record_row", fail_at_2)
+        with pytest.raises(RuntimeError, match="encoding failed"):
+            await sqlite_log.append_batch(batch, {(INV, 1): off(7)})
+        assert (await sqlite_log.count(), await sqlite_log.positions()) == (1, {(INV, 0): 1})
+        monkeypatch.setattr(sqlite_downstream_writes, "_record_row", row_of)
+        assert await sqlite_log.append_batch(batch, {(INV, 1): off(7)}) == batch
+        assert await sqlite_log.positions() == {(INV, 0): 4, (INV, 1): 7}
+        page = await sqlite_log.read(["c"], {}, 100)
+        assert [r.offset for r in page.records] == [0, 1, 2, 3]

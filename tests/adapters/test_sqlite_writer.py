@@ -1,0 +1,68 @@
+"""SqliteWriter: a write transaction is whole, and sqlite3's errors leave as StoreError."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.adapters.sqlite_common import SqliteWriter
+from gateway.errors import StoreCorrupt, StoreError, StoreUnavailable
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[SqliteWriter]:
+    w = SqliteWriter(tmp_path / "w.sqlite3", "test file")
+    w.open("PRAGMA journal_mode=WAL")
+    w.run(lambda db: db.execute("CREATE TABLE t (v INTEGER PRIMARY KEY)"), "schema")
+    yield w
+    w.close()
+
+
+def rows(writer: SqliteWriter) -> list[int]:
+    return [v for (v,) in writer.run(lambda db: db.execute("SELECT v FROM t").fetchall(), "read")]
+
+
+def test_a_transaction_commits_and_returns_what_its_work_returns(writer: SqliteWriter) -> None:
+    def work(db: sqlite3.Connection) -> int:
+        db.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
+        return 2
+
+    assert writer.transaction(work, "insert") == 2
+    assert rows(writer) == [1, 2]
+
+
+def test_work_that_raises_leaves_nothing_and_the_writer_usable(writer: SqliteWriter) -> None:
+    def half(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO t VALUES (1)")
+        raise ValueError("half way")
+
+    with pytest.raises(ValueError, match="half way"):
+        writer.transaction(half, "insert")
+    assert rows(writer) == []
+    writer.transaction(lambda db: db.execute("INSERT INTO t VALUES (3)"), "insert")
+    assert rows(writer) == [3]
+
+
+def test_sqlite_errors_leave_as_store_errors_naming_the_work(writer: SqliteWriter) -> None:
+    writer.transaction(lambda db: db.execute("INSERT INTO t VALUES (1)"), "first")
+    with pytest.raises(StoreError, match="test file: second insert failed") as caught:
+        writer.transaction(lambda db: db.execute("INSERT INTO t VALUES (1)"), "second insert")
+    assert isinstance(caught.value.__cause__, sqlite3.IntegrityError)
+    assert rows(writer) == [1]
+
+
+def test_a_closed_writer_refuses_work(writer: SqliteWriter) -> None:
+    writer.close()
+    with pytest.raises(StoreUnavailable, match="not open"):
+        writer.transaction(lambda db: None, "anything")
+
+
+def test_a_damaged_file_is_reported_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "junk.sqlite3"
+    path.write_bytes(b"this is not a database, " * 200)
+    w = SqliteWriter(path, "junk file")
+    with pytest.raises(StoreCorrupt, match="cannot open junk file"):
+        w.open("PRAGMA journal_mode=WAL")
