@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +17,8 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from gateway.errors import StoreCorrupt, StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -154,3 +158,53 @@ class SqliteWriter:
         if self._db is None:
             raise StoreUnavailable(f"{self._what} is not open")
         return self._db
+
+
+class WalCheckpointer:
+    """WAL checkpoints on aiosqlite's thread, for a :class:`SqliteWriter` opened with
+    ``PRAGMA wal_autocheckpoint=0``. A checkpoint copies the WAL's pages back into the database
+    file and syncs it; run by the writer at a commit (SQLite's default), it held the event loop
+    for as long, every few commits under load. Here :meth:`due` (after a commit) starts one at
+    most every ``interval_s`` and never two at once; ``PASSIVE``, so it waits for no reader
+    and no writer. A failed one is logged: the WAL only grows until the next succeeds."""
+
+    def __init__(self, path: Path, what: str, interval_s: float = 0.5) -> None:
+        self._path = path
+        self._what = what
+        self._interval_s = interval_s
+        self._db: aiosqlite.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last = 0.0
+        self.checkpoints = 0
+
+    async def open(self) -> None:
+        self._db = await connect(self._path, f"cannot open {self._what}")
+
+    def due(self) -> None:
+        """A commit happened: start a checkpoint unless one runs or ran lately."""
+        now = time.monotonic()
+        if self._db is None or now - self._last < self._interval_s:
+            return
+        if self._task is not None and not self._task.done():
+            return
+        self._last = now
+        self._task = asyncio.create_task(self._checkpoint(self._db))
+
+    async def _checkpoint(self, db: aiosqlite.Connection) -> None:
+        try:
+            await db.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+            self.checkpoints += 1
+        except sqlite3.Error as exc:
+            log.warning(
+                "%s: checkpoint failed (the WAL grows until one succeeds): %s", self._what, exc
+            )
+
+    async def close(self) -> None:
+        """Wait for a checkpoint in progress, then close."""
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+        db, self._db = self._db, None
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await db.close()

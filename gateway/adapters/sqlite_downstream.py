@@ -48,6 +48,7 @@ import msgpack
 
 from gateway.adapters.sqlite_common import (
     SqliteWriter,
+    WalCheckpointer,
     connect,
     fetch_all,
     translate_sqlite_error,
@@ -101,7 +102,15 @@ FROM snapshot WHERE channel = ? AND key {after} ? ORDER BY key LIMIT ?
 class SqliteDownstreamLog:
     """:class:`~gateway.flows.downstream_ports.DownstreamLog` on one SQLite file."""
 
-    def __init__(self, path: Path, *, snapshot_families: Collection[str] = ("inventory",)) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        snapshot_families: Collection[str] = ("inventory",),
+        checkpoint_interval_s: float = 0.5,
+    ) -> None:
+        """``checkpoint_interval_s``: the least time between two WAL checkpoints (each runs
+        off the event loop, see :class:`~gateway.adapters.sqlite_common.WalCheckpointer`)."""
         if isinstance(snapshot_families, str):
             raise TypeError("snapshot_families is a collection of family names, not one string")
         self._path = path
@@ -110,6 +119,7 @@ class SqliteDownstreamLog:
         self._reader: aiosqlite.Connection | None = None
         self._read_lock = asyncio.Lock()
         self._writes = DownstreamWrites(self._families)
+        self._checkpoints = WalCheckpointer(path, f"downstream log {path}", checkpoint_interval_s)
 
     @property
     def path(self) -> Path:
@@ -123,10 +133,17 @@ class SqliteDownstreamLog:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         what = f"cannot open downstream log {self._path}"
         writer = SqliteWriter(self._path, f"downstream log {self._path}")
-        writer.open("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL")
+        writer.open(
+            "PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA wal_autocheckpoint=0"
+        )
         try:
             writer.run(self._writes.create_schema, "creating the schema")
             reader = await connect(self._path, what)
+            try:
+                await self._checkpoints.open()
+            except BaseException:
+                await reader.close()
+                raise
         except BaseException:
             writer.close()
             raise
@@ -138,6 +155,7 @@ class SqliteDownstreamLog:
                 with contextlib.suppress(sqlite3.Error):
                     await self._reader.close()
             self._reader = None
+        await self._checkpoints.close()
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
@@ -268,7 +286,9 @@ class SqliteDownstreamLog:
         """``work`` in one write transaction (on the event loop: see SqliteWriter)."""
         if self._writer is None:
             raise StoreUnavailable("downstream log is not open")
-        return self._writer.transaction(work, f"downstream log {what}")
+        result = self._writer.transaction(work, f"downstream log {what}")
+        self._checkpoints.due()
+        return result
 
     def _require(self, db: aiosqlite.Connection | None) -> aiosqlite.Connection:
         if db is None:

@@ -562,3 +562,24 @@ async def test_sqlite_append_that_fails_half_way_stores_nothing(
         assert await sqlite_log.positions() == {(INV, 0): 4, (INV, 1): 7}
         page = await sqlite_log.read(["c"], {}, 100)
         assert [r.offset for r in page.records] == [0, 1, 2, 3]
+
+
+async def test_sqlite_checkpoints_keep_the_wal_bounded(tmp_path: Path) -> None:
+    """The writer never checkpoints (that would hold the event loop): the checkpointer must,
+    or the WAL grows with every record ever written."""
+    path = tmp_path / "downstream.sqlite3"
+    wal = path.with_name(path.name + "-wal")
+    value = b"v" * 2000
+    async with SqliteDownstreamLog(path, checkpoint_interval_s=0.0) as sqlite_log:
+        largest = 0
+        for batch in range(150):
+            records = [
+                replace(rec(INV, 0, batch * 20 + i, f"c{i}"), value=value) for i in range(20)
+            ]
+            await sqlite_log.append_batch(records, {})
+            for _ in range(5):  # let the checkpoint task run on aiosqlite's thread
+                await asyncio.sleep(0.001)
+            largest = max(largest, wal.stat().st_size)
+        assert await sqlite_log.count() == 3000
+    written = 3000 * len(value)
+    assert largest < written / 4, (largest, written)
