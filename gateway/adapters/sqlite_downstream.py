@@ -306,16 +306,23 @@ def check_snapshot_request(channel: str, limit: int, families: Collection[str]) 
 
 def _row_record(row: Any) -> LogRecord:
     topic, part, offset, key, value, headers, timestamp_ms, channels = row
+    # Positional, and the headers as msgpack gives them: a replay storm decodes every row.
     return LogRecord(
-        topic=topic,
-        partition=part,
-        offset=KafkaOffset(offset),
-        key=key,
-        value=value,
-        headers=tuple((str(k), bytes(v)) for k, v in msgpack.unpackb(headers)),
-        timestamp_ms=timestamp_ms,
-        channels=tuple(json.loads(channels)),
+        topic,
+        part,
+        KafkaOffset(offset),
+        key,
+        value,
+        msgpack.unpackb(headers, use_list=False),  # ((str, bytes), ...), as _record_row packed
+        timestamp_ms,
+        _channels_of(channels),
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _channels_of(text: str) -> tuple[str, ...]:
+    """A row's channels (a JSON list): the same few texts again and again, parsed once."""
+    return tuple(json.loads(text))
 
 
 async def _end_read(db: aiosqlite.Connection) -> None:
