@@ -62,8 +62,10 @@ CREATE TABLE IF NOT EXISTS snapshot (
     timestamp_ms INTEGER NOT NULL,
     PRIMARY KEY (channel, key)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS snapshot_partition ON snapshot (topic, part);
+DROP INDEX IF EXISTS snapshot_partition;
 """
+"""(No index of ``snapshot`` by partition: only a partition reset, which is rare, would use it,
+and every upsert paid for it in the pages each commit writes.)"""
 COLUMNS: Final = "topic, part, kafka_offset, key, value, headers, timestamp_ms, channels"
 """The columns of a record row, in :class:`LogRecord` order."""
 POSITIONS_SQL: Final = "SELECT topic, part, start_offset, next_offset FROM positions"
