@@ -21,6 +21,9 @@ from gateway.errors import StoreCorrupt, StoreError, StoreUnavailable
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+WRITER_BUSY_TIMEOUT_MS = 100
+"""A :class:`SqliteWriter` waits for a lock on the event loop: a writer of another process
+(two instances on one file, a misconfiguration) must fail it fast, not stall every stream."""
 
 T = TypeVar("T")
 
@@ -117,7 +120,7 @@ class SqliteWriter:
         except sqlite3.DatabaseError as exc:
             raise translate_sqlite_error(exc, f"cannot open {self._what}") from exc
         try:
-            for pragma in (f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}", *pragmas):
+            for pragma in (f"PRAGMA busy_timeout={WRITER_BUSY_TIMEOUT_MS}", *pragmas):
                 db.execute(pragma).fetchall()
         except sqlite3.DatabaseError as exc:
             db.close()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from gateway.adapters.sqlite_common import SqliteWriter
+from gateway.adapters.sqlite_common import BUSY_TIMEOUT_MS, SqliteWriter
 from gateway.errors import StoreCorrupt, StoreError, StoreUnavailable
 
 
@@ -66,3 +67,18 @@ def test_a_damaged_file_is_reported_as_corrupt(tmp_path: Path) -> None:
     w = SqliteWriter(path, "junk file")
     with pytest.raises(StoreCorrupt, match="cannot open junk file"):
         w.open("PRAGMA journal_mode=WAL")
+
+
+def test_a_write_lock_held_elsewhere_fails_fast(writer: SqliteWriter, tmp_path: Path) -> None:
+    """The writer waits on the event loop: another process's writer must not stall it for the
+    usual 5 s busy timeout."""
+    other = sqlite3.connect(tmp_path / "w.sqlite3", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="locked"):
+            writer.transaction(lambda db: db.execute("INSERT INTO t VALUES (1)"), "insert")
+        assert time.monotonic() - started < BUSY_TIMEOUT_MS / 1000 / 2  # the readers' wait
+    finally:
+        other.close()
+    assert rows(writer) == []
