@@ -9,6 +9,7 @@ Every other write forgets them, and so does an append until it is committed.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Collection, Mapping, Sequence
@@ -132,7 +133,7 @@ class DownstreamWrites:
             rows.append((seq, *row))
             channel_rows.extend((channel, seq) for channel in set(record.channels))
             if record.key is not None:
-                for channel in snapshot_channels(record, self._families):
+                for channel in _snapshot_channels(record.channels, self._families):
                     latest[(channel, record.key)] = (channel, *row[:-1]) if record.value else None
         db.executemany(f"INSERT INTO records (seq, {COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
         db.executemany("INSERT INTO record_channels (channel, seq) VALUES (?, ?)", channel_rows)
@@ -222,6 +223,18 @@ def snapshot_channels(record: LogRecord, families: Collection[str]) -> list[str]
     return [c for c in dict.fromkeys(record.channels) if family_of(c) in families]
 
 
+@functools.lru_cache(maxsize=4096)
+def _snapshot_channels(channels: tuple[str, ...], families: frozenset[str]) -> tuple[str, ...]:
+    """:func:`snapshot_channels`, worked out once per channel list (an append asks per record)."""
+    return tuple(c for c in dict.fromkeys(channels) if family_of(c) in families)
+
+
+@functools.lru_cache(maxsize=4096)
+def _channels_text(channels: tuple[str, ...]) -> str:
+    """The ``channels`` column of a record (a JSON list), encoded once per channel list."""
+    return json.dumps(list(channels))
+
+
 def family_of(channel: str) -> str | None:
     """The part of a channel name before ``:`` (None without one)."""
     family, colon, _ = channel.partition(":")
@@ -266,5 +279,5 @@ def _record_row(record: LogRecord) -> tuple[object, ...]:
         record.value,
         msgpack.packb([list(header) for header in record.headers]),
         record.timestamp_ms,
-        json.dumps(list(record.channels)),
+        _channels_text(record.channels),
     )
