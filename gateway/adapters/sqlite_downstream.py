@@ -72,8 +72,9 @@ from gateway.flows.downstream_ports import (
 
 T = TypeVar("T")
 
-_PRUNE_CHUNK: Final = 20_000
-"""Most records of one partition deleted per transaction (the writer is not held long)."""
+_PRUNE_CHUNK: Final = 1000
+"""Most records of one partition deleted per transaction: a transaction holds the event loop
+(see SqliteWriter), a chunk a few milliseconds, and the loop runs between chunks."""
 
 _READ_SQL: Final = """
 WITH after(topic, part, next_offset) AS ({after}),
