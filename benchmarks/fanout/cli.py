@@ -1,0 +1,239 @@
+"""The command line: arguments, the broker and the gateway started, the phases run in order
+((0) Kafka alone, (1) live fan-out, (2) resume storm, (3) baseline) and the report printed;
+the gateway's log problems at the end."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import tempfile
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+
+from benchmarks import fanout as package
+from benchmarks.common import Figures
+from benchmarks.fanout.baseline import baseline_live
+from benchmarks.fanout.clients import Workers
+from benchmarks.fanout.phases import Live, Shape, gateway_live, kafka_alone, process_pid
+from benchmarks.fanout.processes import raise_fd_limit, rss_bytes
+from benchmarks.fanout.report import GOAL_DELIVERED, report, section
+from benchmarks.fanout.storm import Storm, resume_storm
+from benchmarks.fanout.updates import PARTITIONS, Updates
+from benchmarks.load import wait_quiet
+from gateway.testing.gateway_process import GatewayProcess
+from gateway.testing.kafka_broker import KafkaBroker
+from tests.integration.kafka_topics import TestTopics, create_topic
+
+
+def parse_counts(text: str) -> list[int]:
+    return [int(part.replace("_", "").replace("k", "000")) for part in text.split(",") if part]
+
+
+def rates(args: argparse.Namespace, connections: int) -> list[float]:
+    """Updates/s to produce, one phase each: ``--rate``, where 0 is what delivers
+    :data:`GOAL_DELIVERED`/s to ``connections``."""
+    goal = GOAL_DELIVERED * args.channels / connections
+    return [float(r) if r else goal for r in map(float, str(args.rate).split(","))]
+
+
+async def run(
+    args: argparse.Namespace,
+    broker: KafkaBroker,
+    gateway: GatewayProcess,
+    topics: TestTopics,
+    rss_start: int,
+) -> None:
+    updates = Updates()
+    counts = parse_counts(args.connections)
+    topic = topics.inventory
+    workers = Workers(args.workers)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, client_id="bench-fanout")
+    await producer.start()
+    results: list[tuple[Live, Live | None]] = []
+    storm: Storm | None = None
+    kafka: Figures | None = None
+    print(
+        f"gateway pid {process_pid(gateway)}, broker pid {process_pid(broker)},"
+        f" client workers {[c.pid for c in workers.children]}",
+        flush=True,
+    )
+    try:
+        phase = 1
+        rate = rates(args, counts[0])[-1]
+        section(f"(0) Kafka alone: {rate:,.0f} updates/s for {args.seconds:g}s ...")
+        alone = f"{topics.prefix}.kafka-alone"  # a topic the gateway does not consume
+        await create_topic(broker.bootstrap, alone, PARTITIONS)
+        kafka = await kafka_alone(
+            broker.bootstrap, producer, alone, updates, phase, args.channels, rate, args.seconds
+        )
+        lives: list[Live] = []
+        for connections in counts:
+            for rate in rates(args, connections):
+                phase += 1
+                shape = Shape(connections, args.channels, args.workers)
+                section(
+                    f"(1) gateway: {connections:,} connections on {args.channels} channels,"
+                    f" {rate:,.0f} updates/s produced for {args.seconds:g}s"
+                    f" (= {rate * connections / args.channels:,.0f}/s to deliver) ..."
+                )
+                live = await gateway_live(
+                    gateway,
+                    broker,
+                    workers,
+                    producer,
+                    topic,
+                    updates,
+                    phase,
+                    shape,
+                    rate,
+                    args,
+                    rss_start,
+                )
+                print(
+                    f"    connected in {live.connect_s:.1f}s; delivered {live.delivered:,} of"
+                    f" {live.expected:,} in {live.seconds:.1f}s",
+                    flush=True,
+                )
+                lives.append(live)
+        if args.storm_clients:
+            phase += 1
+            shape = Shape(args.storm_clients, args.channels, args.workers)
+            section(
+                f"(2) resume storm: {args.storm_clients:,} clients, {args.storm_behind} updates"
+                f" behind on each of {args.channels} channels ..."
+            )
+            storm = await resume_storm(
+                gateway, workers, producer, topic, updates, phase, shape, args.storm_behind, args
+            )
+            print(f"    all caught up after {storm.seconds:.2f}s", flush=True)
+        template = next((x.sample for x in lives if x.sample), None)
+        if template is None and not args.no_baseline:
+            print("    no gateway frame to copy: no baseline", flush=True)
+        for live in lives:
+            base: Live | None = None
+            if template is not None and not args.no_baseline:
+                section(
+                    f"(3) baseline: bare websockets server, {live.connections:,} connections,"
+                    f" {live.rate:,.0f} frames/s of {len(template.encode())} bytes ..."
+                )
+                shape = Shape(live.connections, args.channels, args.workers)
+                base = await baseline_live(workers, shape, live.rate, template, args)
+            results.append((live, base))
+    finally:
+        await producer.stop()
+        workers.close()
+    report(args, results, storm, kafka)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="fanout.py",  # the usage line of the single-file module, not "__main__.py"
+        description=package.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--connections", default="1000", help="comma-separated counts, e.g. 1000,10000"
+    )
+    parser.add_argument("--channels", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=10.0, help="produce phase length")
+    parser.add_argument(
+        "--rate",
+        default="0",
+        help="updates/s produced, comma-separated for several phases (a latency curve);"
+        f" 0: enough for {GOAL_DELIVERED:,}/s delivered",
+    )
+    parser.add_argument("--workers", type=int, default=4, help="client processes")
+    parser.add_argument("--storm-clients", type=int, default=1000, help="0: no resume storm")
+    parser.add_argument("--storm-behind", type=int, default=300, help="updates per channel")
+    parser.add_argument("--storm-timeout", type=float, default=120.0)
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument(
+        "--gateway-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a gateway setting (e.g. downstream_min_interval_ms=0); repeatable",
+    )
+    parser.add_argument("--connect-concurrency", type=int, default=100, help="per worker")
+    parser.add_argument("--connect-timeout", type=float, default=180.0)
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=10.0,
+        help="after producing, wait until no update arrived for this long",
+    )
+    parser.add_argument(
+        "--compression",
+        choices=["off", "deflate"],
+        default="off",
+        help="offer permessage-deflate (the gateway accepts it when offered)",
+    )
+    parser.add_argument(
+        "--drain-max", type=float, default=180.0, help="and at most this long in all"
+    )
+    parser.add_argument("--queue-max", type=int, default=0, help="stream_queue_max (0: default)")
+    parser.add_argument(
+        "--workdir", default="", help="keep the broker's and gateway's data and logs here"
+    )
+    args = parser.parse_args()
+    args.compression = None if args.compression == "off" else args.compression
+    # aiokafka logs (and retries) stale metadata while a new topic's leader is elected
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    counts = parse_counts(args.connections)
+    if not 1 <= args.channels <= 0xFFF:
+        parser.error("--channels must be 1..4095")
+    if any("=" not in item for item in args.gateway_setting):
+        parser.error("--gateway-setting takes NAME=VALUE")
+    needed = max([*counts, args.storm_clients]) + 1024
+    limit = raise_fd_limit(needed)
+    if limit < needed:
+        parser.error(f"open files limit {limit} < {needed} needed (ulimit -n)")
+
+    with contextlib.ExitStack() as stack:
+        if args.workdir:
+            tmp = Path(args.workdir).resolve()
+            tmp.mkdir(parents=True, exist_ok=True)
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-fanout-")))
+        print(f"open files limit {limit}; starting a Kafka broker in {tmp} ...", flush=True)
+        broker = stack.enter_context(KafkaBroker(tmp / "kafka"))
+        topics = TestTopics()
+        asyncio.run(create_topic(broker.bootstrap, topics.inventory, PARTITIONS))
+        settings = topics.settings(broker.bootstrap) | {
+            "instance_id": "bench-fanout",
+            "topic_partitions": str(PARTITIONS),
+            "log_level": "warning",
+        }
+        if args.queue_max:
+            settings["stream_queue_max"] = str(args.queue_max)
+        settings |= dict(item.split("=", 1) for item in args.gateway_setting)
+        gateway = stack.enter_context(GatewayProcess(tmp / "gw", settings=settings))
+        log_from = 0
+        try:
+            asyncio.run(wait_quiet(gateway))  # start-up done (topics created, consumer up)
+            log_from = gateway.log_path.stat().st_size
+            rss_start = rss_bytes(process_pid(gateway))
+            asyncio.run(run(args, broker, gateway, topics, rss_start))
+        except KeyboardInterrupt:
+            print("\ninterrupted: stopping the gateway and the broker", flush=True)
+        finally:
+            print_log_problems(gateway, log_from)
+
+
+def print_log_problems(gateway: GatewayProcess, offset: int, lines: int = 12) -> None:
+    """The gateway's warnings and errors since ``offset`` in its log, if any (the log goes
+    away with a temporary directory)."""
+    try:
+        with gateway.log_path.open("rb") as log:
+            log.seek(offset)
+            text = log.read().decode("utf-8", errors="replace")
+    except OSError:
+        return
+    problems = [line for line in text.splitlines() if " WARNING " in line or " ERROR " in line]
+    if problems:
+        print(f"\ngateway log: {len(problems)} warnings/errors after start-up, the last {lines}:")
+        for line in problems[-lines:]:
+            print(f"  {line[:300]}")
