@@ -130,7 +130,7 @@ async def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="fanout.py",  # the usage line of the single-file module, not "__main__.py"
+        prog="python -m benchmarks.fanout",  # not "__main__.py"
         description=package.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
