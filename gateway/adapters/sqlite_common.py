@@ -178,7 +178,6 @@ class WalCheckpointer:
         self._db: aiosqlite.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._last = 0.0
-        self.checkpoints = 0
 
     async def open(self) -> None:
         self._db = await connect(self._path, f"cannot open {self._what}")
@@ -196,7 +195,6 @@ class WalCheckpointer:
     async def _checkpoint(self, db: aiosqlite.Connection) -> None:
         try:
             await db.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
-            self.checkpoints += 1
         except sqlite3.Error as exc:
             log.warning(
                 "%s: checkpoint failed (the WAL grows until one succeeds): %s", self._what, exc

@@ -220,7 +220,7 @@ class DownstreamWrites:
 
 def snapshot_channels(record: LogRecord, families: Collection[str]) -> list[str]:
     """The record's channels whose family (the part before ``:``) is one of ``families``."""
-    return [c for c in dict.fromkeys(record.channels) if family_of(c) in families]
+    return list(_snapshot_channels(record.channels, frozenset(families)))
 
 
 @functools.lru_cache(maxsize=4096)
