@@ -10,48 +10,40 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any, Final
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from gateway.adapters.http_auth import (
-    Authenticate,
-    AuthMiddleware,
-    EdgeSettings,
-    insecure_authenticate,
-)
+from gateway.adapters.cursor_key import cursor_key
+from gateway.adapters.edge_guards import authenticator, subject_limits
+from gateway.adapters.http_auth import AuthMiddleware, EdgeSettings
 from gateway.adapters.http_changes import ChangesEndpoint, ChangesSettings
 from gateway.adapters.http_context import RequestContextMiddleware
 from gateway.adapters.http_ingest import IngestEndpoint
 from gateway.adapters.http_ops import healthz, metrics_endpoint, openapi, readyz_endpoint
 from gateway.adapters.http_snapshot import SnapshotEndpoint
-from gateway.adapters.jwt_auth import JwtSettings, JwtVerifier
 from gateway.adapters.kafka_consumer import AiokafkaSource, ConsumerSettings
 from gateway.adapters.kafka_history import AiokafkaHistory
 from gateway.adapters.kafka_identity import fetch_history_identity
 from gateway.adapters.kafka_producer import AiokafkaPublisher, KafkaSettings
 from gateway.adapters.redis_dedup import RedisFleetDedup
-from gateway.adapters.redis_limits import RedisRateLimiter
 from gateway.adapters.sqlite_downstream import SqliteDownstreamLog
 from gateway.adapters.sqlite_store import SqliteEventStore
 from gateway.adapters.ws_stream import StreamEndpoint, StreamSettings
 from gateway.config import GatewayConfig
 from gateway.core.channels import ChannelMapper
-from gateway.core.cursor import MIN_KEY_BYTES, CursorCodec, derive_epoch
+from gateway.core.cursor import CursorCodec, derive_epoch
 from gateway.core.ids import Epoch, InstanceId
 from gateway.core.ingest import IngestLimits
-from gateway.core.rate_limit import LocalRateLimiter, RateLimit, RateLimiter
 from gateway.core.routing import TopicRouter
 from gateway.core.schemas import SchemaRegistry
-from gateway.errors import ConfigError, StoreError
+from gateway.errors import StoreError
 from gateway.flows.downstream import DownstreamConsumer, DownstreamSettings
 from gateway.flows.fanout import Fanout
 from gateway.flows.forwarder import Forwarder, ForwarderSettings
 from gateway.flows.ingest import IngestFlow
-from gateway.flows.limits import SubjectLimits
 from gateway.flows.ports import FleetDedup
 from gateway.flows.sessions import LinkState
 from gateway.metrics import GatewayMetrics
@@ -71,95 +63,6 @@ def _crash_hook(point: str | None) -> Callable[[str], None]:
             os._exit(CRASH_EXIT_CODE)
 
     return hook
-
-
-def cursor_key(config: GatewayConfig) -> bytes:
-    """The configured cursor key, else the one kept in the data directory (made once)."""
-    if config.cursor_key is not None:
-        key = config.cursor_key.get_secret_value().encode()
-        if len(key) < MIN_KEY_BYTES:
-            raise ConfigError(f"cursor_key must be at least {MIN_KEY_BYTES} bytes")
-        return key
-    path = config.cursor_key_path
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(os.urandom(32).hex().encode())
-            file.flush()
-            os.fsync(file.fileno())
-        log.warning(
-            "no cursor_key configured: made %s; give every instance of a fleet the same key",
-            path,
-        )
-    return path.read_bytes().strip()
-
-
-INSECURE_BANNER: Final = """
-************************************************************************************
-*  INSECURE: sync-gateway runs WITHOUT AUTHENTICATION (insecure_no_auth).           *
-*  Anyone who reaches this port may read every channel and publish any event.       *
-*  For development only. Configure SYNC_GATEWAY_JWT_ALGORITHMS and a key instead.   *
-************************************************************************************"""
-
-
-def jwt_settings(config: GatewayConfig) -> JwtSettings:
-    """The token verification settings of ``config`` (which must configure algorithms)."""
-    public_key = config.jwt_public_key
-    if public_key is not None and not public_key.lstrip().startswith("-----BEGIN"):
-        try:
-            public_key = Path(public_key).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"JWT: cannot read the public key file {public_key}") from exc
-    return JwtSettings(
-        algorithms=tuple(config.jwt_algorithms),
-        secret=config.jwt_secret.get_secret_value() if config.jwt_secret is not None else None,
-        public_key=public_key,
-        jwks_path=config.jwks,
-        audience=config.jwt_audience,
-        issuer=config.jwt_issuer,
-        leeway_s=config.jwt_leeway_s,
-        tenant=config.tenant,
-    )
-
-
-def authenticator(config: GatewayConfig) -> Authenticate:
-    """How callers are authenticated; refuses a configuration without authentication unless
-    ``insecure_no_auth`` asks for it explicitly."""
-    if config.auth_configured:
-        if config.insecure_no_auth:
-            raise ConfigError("insecure_no_auth contradicts the JWT settings: choose one")
-        verifier = JwtVerifier(jwt_settings(config))
-        return lambda token: verifier.verify(token or "")
-    if not config.insecure_no_auth:
-        raise ConfigError(
-            "no authentication configured: set SYNC_GATEWAY_JWT_ALGORITHMS with "
-            "SYNC_GATEWAY_JWT_SECRET, SYNC_GATEWAY_JWT_PUBLIC_KEY or SYNC_GATEWAY_JWKS; "
-            "or pass --insecure-no-auth (development only)"
-        )
-    log.warning(INSECURE_BANNER)
-    return insecure_authenticate
-
-
-def _limiter(per_s: float, burst: int, kind: str, redis_url: str | None) -> RateLimiter | None:
-    if per_s <= 0:
-        return None
-    limit = RateLimit(rate=per_s, burst=burst)
-    if redis_url is None:
-        return LocalRateLimiter(limit)
-    return RedisRateLimiter(redis_url, limit, prefix=f"sync-gateway:{kind}:")
-
-
-def subject_limits(config: GatewayConfig) -> SubjectLimits:
-    """Per-subject buckets: shared by the fleet through Redis when ``redis_url`` is set
-    (each instance falls back to its own buckets while Redis is down), else local."""
-    url = config.redis_url
-    return SubjectLimits(
-        requests=_limiter(
-            config.rate_limit_requests_per_s, config.rate_limit_requests_burst, "req", url
-        ),
-        events=_limiter(config.rate_limit_events_per_s, config.rate_limit_events_burst, "ev", url),
-    )
 
 
 class Gateway:

@@ -45,8 +45,8 @@ def _serve(args: Sequence[str]) -> int:
 
 
 def _token(ns: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.adapters.edge_guards import jwt_settings
     from gateway.adapters.jwt_auth import mint
-    from gateway.app import jwt_settings
 
     if not config.auth_configured:
         print(

@@ -12,6 +12,8 @@ read never waits for a commit's fsync and never sees rows of a commit that may y
 Beside the events the store keeps the forwarder's local mark (highest sequence known to be in
 Kafka), the quarantine of events Kafka refused for good, and a size quota enforced by SQLite's
 own ``max_page_count``: a full store refuses commits (``StoreUnavailable``) and changes nothing.
+The file format (tables, opening and upgrading a file, rows) is
+:mod:`gateway.adapters.sqlite_store_schema`.
 """
 
 from __future__ import annotations
@@ -28,61 +30,25 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
 
 import aiosqlite
 
-from gateway.adapters.sqlite_common import (
-    connect,
-    fetch_all,
-    translate_sqlite_error,
-    write_transaction,
+from gateway.adapters.sqlite_common import fetch_all, translate_sqlite_error, write_transaction
+from gateway.adapters.sqlite_store_schema import (
+    COLUMNS,
+    FORWARDED_MARK,
+    ROW_PLACEHOLDER,
+    ROWS_PER_STATEMENT,
+    STORE_ID,
+    open_connections,
+    row_to_stored,
 )
 from gateway.core.ids import EventId, LocalSeq
 from gateway.core.ingest import StorableEvent
 from gateway.core.records import Backlog, QuarantineEntry, StoredEvent
-from gateway.errors import StoreCorrupt, StoreError, StoreUnavailable
+from gateway.errors import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION: Final = 3
-"""1: the first schema; 2: ``events.traceparent``; 3: ``events.crc`` (CRC-32 of the value;
-NULL for rows written before). Older files are upgraded at open."""
-_ROWS_PER_STATEMENT: Final = 400  # 10 parameters a row stays far below SQLite's 32766 limit
-_COLUMNS: Final = (
-    "event_id, event_type, event_version, key, source, correlation_id, value, received_at_ms, "
-    "traceparent, crc"
-)
-_ROW_PLACEHOLDER: Final = "(?,?,?,?,?,?,?,?,?,?)"
-_FORWARDED_MARK: Final = "forwarded_seq"
-_STORE_ID: Final = "store_id"
-
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
-    event_type TEXT NOT NULL,
-    event_version INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    source TEXT NOT NULL,
-    correlation_id TEXT NOT NULL,
-    value BLOB NOT NULL,
-    received_at_ms INTEGER NOT NULL,
-    traceparent TEXT,
-    crc INTEGER
-);
-CREATE TABLE IF NOT EXISTS meta (
-    name TEXT PRIMARY KEY,
-    value NOT NULL
-);
-CREATE TABLE IF NOT EXISTS quarantine (
-    seq INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    quarantined_at_ms INTEGER NOT NULL,
-    replayed_at_ms INTEGER
-);
-"""
 
 
 @dataclass(slots=True)
@@ -136,36 +102,15 @@ class SqliteEventStore:
 
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        what = f"cannot open store {self._path}"
-        db = await connect(self._path, what)
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            await _quick_check(db, self._path)
-            await db.executescript(_SCHEMA)
-            columns = {str(row[1]) for row in await fetch_all(db, "PRAGMA table_info(events)")}
-            for column, kind in (("traceparent", "TEXT"), ("crc", "INTEGER")):
-                if column not in columns:  # a store made by an older schema version
-                    await db.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
-            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            if self._max_bytes is not None:
-                rows = await fetch_all(db, "PRAGMA page_size")
-                page_size = int(rows[0][0]) if rows else 4096
-                await db.execute(f"PRAGMA max_page_count={max(1, self._max_bytes // page_size)}")
-            reader = await connect(self._path, what, "PRAGMA query_only=1")
-        except BaseException as exc:
-            await db.close()
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise translate_sqlite_error(exc, what) from exc
-            raise
+        db, reader = await open_connections(self._path, self._max_bytes)
         self._db, self._reader = db, reader
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
         async with self._transaction("create store id") as tx:
             await tx.execute(
                 "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
-                (_STORE_ID, str(uuid.uuid4())),
+                (STORE_ID, str(uuid.uuid4())),
             )
-        rows = await self._query("SELECT value FROM meta WHERE name = ?", (_STORE_ID,))
+        rows = await self._query("SELECT value FROM meta WHERE name = ?", (STORE_ID,))
         self.store_id = str(rows[0][0])
         """Identity of this store file: a position in Kafka counts only for the same store."""
 
@@ -212,9 +157,9 @@ class SqliteEventStore:
 
     async def get(self, event_id: EventId) -> StoredEvent | None:
         rows = await self._query(
-            f"SELECT seq, {_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
+            f"SELECT seq, {COLUMNS} FROM events WHERE event_id = ?", (event_id,)
         )
-        return _row_to_stored(rows[0]) if rows else None
+        return row_to_stored(rows[0]) if rows else None
 
     async def count(self) -> int:
         rows = await self._query("SELECT count(*) FROM events", ())
@@ -222,15 +167,15 @@ class SqliteEventStore:
 
     async def read_after(self, seq: LocalSeq, limit: int) -> list[StoredEvent]:
         rows = await self._query(
-            f"SELECT seq, {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            f"SELECT seq, {COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit),
         )
-        return [_row_to_stored(row) for row in rows]
+        return [row_to_stored(row) for row in rows]
 
     # -- forwarder bookkeeping -------------------------------------------------------------
 
     async def forwarded_mark(self) -> LocalSeq:
-        rows = await self._query("SELECT value FROM meta WHERE name = ?", (_FORWARDED_MARK,))
+        rows = await self._query("SELECT value FROM meta WHERE name = ?", (FORWARDED_MARK,))
         return LocalSeq(int(str(rows[0][0])) if rows else 0)
 
     async def mark_forwarded(self, seq: LocalSeq) -> None:
@@ -238,7 +183,7 @@ class SqliteEventStore:
             await db.execute(
                 "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE"
                 " SET value = max(value, excluded.value)",
-                (_FORWARDED_MARK, seq),
+                (FORWARDED_MARK, seq),
             )
 
     async def backlog(self) -> Backlog:
@@ -292,12 +237,12 @@ class SqliteEventStore:
         async with self._transaction("replay quarantined") as db:
             for entry in entries:
                 rows = await fetch_all(
-                    db, f"SELECT {_COLUMNS} FROM events WHERE seq = ?", (entry.seq,)
+                    db, f"SELECT {COLUMNS} FROM events WHERE seq = ?", (entry.seq,)
                 )
                 if rows:
                     await db.execute("DELETE FROM events WHERE seq = ?", (entry.seq,))
                     await db.execute(
-                        f"INSERT INTO events ({_COLUMNS}) VALUES {_ROW_PLACEHOLDER}",
+                        f"INSERT INTO events ({COLUMNS}) VALUES {ROW_PLACEHOLDER}",
                         tuple(rows[0]),
                     )
                 await db.execute(
@@ -384,8 +329,8 @@ class SqliteEventStore:
         inserted: set[str] = set()
         await self._check_reserve()
         async with self._transaction("commit") as db:
-            for start in range(0, len(unique), _ROWS_PER_STATEMENT):
-                chunk = unique[start : start + _ROWS_PER_STATEMENT]
+            for start in range(0, len(unique), ROWS_PER_STATEMENT):
+                chunk = unique[start : start + ROWS_PER_STATEMENT]
                 params: list[object] = []
                 for e in chunk:
                     params += (
@@ -402,8 +347,8 @@ class SqliteEventStore:
                     )
                 rows = await fetch_all(
                     db,
-                    f"INSERT INTO events ({_COLUMNS}) VALUES "
-                    f"{','.join([_ROW_PLACEHOLDER] * len(chunk))} "
+                    f"INSERT INTO events ({COLUMNS}) VALUES "
+                    f"{','.join([ROW_PLACEHOLDER] * len(chunk))} "
                     "ON CONFLICT(event_id) DO NOTHING RETURNING event_id",
                     params,
                 )
@@ -435,26 +380,3 @@ class SqliteEventStore:
                 f"store device nearly full: {available} bytes available (free plus reusable "
                 f"pages), below the reserve of {self._min_free_bytes}"
             )
-
-
-def _row_to_stored(row: Any) -> StoredEvent:
-    # Column types are fixed by the schema (and this runs per forwarded event): no coercion.
-    seq, event_id, event_type, version, key, source, correlation, value, at_ms, trace, crc = row
-    return StoredEvent(
-        seq=seq,
-        event=StorableEvent(event_id, event_type, version, key, source, correlation, value, trace),
-        received_at_ms=at_ms,
-        damaged=crc is not None and zlib.crc32(value) != crc,
-    )
-
-
-async def _quick_check(db: aiosqlite.Connection, path: Path) -> None:
-    """Refuse a damaged file (SQLite's ``quick_check``: page and index structure) with a clear
-    :class:`~gateway.errors.StoreCorrupt` rather than serve from it."""
-    problems = [str(row[0]) for row in await fetch_all(db, "PRAGMA quick_check(5)")]
-    if problems != ["ok"]:
-        raise StoreCorrupt(
-            f"store {path} is damaged ({'; '.join(problems)[:500]}): the gateway will not "
-            "serve from it. Move it aside (with its -wal file) and start again with an empty "
-            "store, or restore a copy; `sqlite3 <file> .recover` may save its events"
-        )

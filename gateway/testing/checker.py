@@ -21,225 +21,56 @@ received, and this module compares those logs with the Kafka topics, read to the
 
 The comparison itself (:func:`check_records`) is pure; :func:`check` drains Kafka
 (:func:`gateway.testing.kafka_reader.read_committed`) and reads the stores
-(:func:`read_stores`) around it.
+(:func:`read_stores`) around it. The clients' logs are in :mod:`gateway.testing.checker_logs`,
+the verdict in :mod:`gateway.testing.checker_report`, the stores' reading in
+:mod:`gateway.testing.checker_stores`; every name is importable from here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import Final
 
 from gateway.core.channels import ChannelMapper
+from gateway.testing.checker_logs import Ack, Position, Received, StreamLog, position_text
+from gateway.testing.checker_report import EXAMPLES, OrderViolation, Report, StreamProblem
+from gateway.testing.checker_stores import (
+    STORE_FILE,
+    StoreState,
+    read_store,
+    read_stores,
+    store_path,
+)
 from gateway.testing.kafka_reader import ConsumedRecord, read_committed
 
-EXAMPLES: Final = 5
-"""How many examples of each kind of problem :meth:`Report.__str__` shows."""
-
-STORE_FILE: Final = "gateway.sqlite3"
-"""The name of a gateway's event store inside its data directory."""
-
-Position = tuple[str, int, int]
-"""A record's place in Kafka: (topic, partition, offset)."""
+__all__ = [
+    "EXAMPLES",
+    "STORE_FILE",
+    "Ack",
+    "ChannelsOf",
+    "OrderViolation",
+    "Position",
+    "Received",
+    "Report",
+    "StoreState",
+    "StreamLog",
+    "StreamProblem",
+    "channels_by_rules",
+    "check",
+    "check_records",
+    "drain",
+    "read_store",
+    "read_stores",
+    "record_event_id",
+    "store_path",
+]
 
 ChannelsOf = Callable[[ConsumedRecord], Iterable[str]]
 """The channels a Kafka record belongs to (for the stream checks)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """One event a client holds an acknowledgement for (``accepted`` or ``duplicate``).
-
-    ``order`` is the client's own sequence number of the ack: events of one ``key`` acked by
-    one ``client`` in increasing ``order`` within the same ``scope`` must appear in Kafka in
-    that order. ``scope`` names what the order is promised within (e.g. the instance that
-    stored the event, in a fleet); ``None`` is one scope of its own (a single gateway).
-    """
-
-    event_id: str
-    key: str
-    client: str
-    order: int
-    scope: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """One update a stream client received (and applied) on one of its channels."""
-
-    topic: str
-    partition: int
-    offset: int
-    channel: str
-
-    @property
-    def position(self) -> Position:
-        return (self.topic, self.partition, self.offset)
-
-
-@dataclass(frozen=True, slots=True)
-class StreamLog:
-    """Everything one client received on one channel, in the order it received it.
-
-    ``since`` gives, per (topic, partition), the first offset the client is owed (where its
-    first subscription started); partitions not named are owed from offset 0, and ``None``
-    means the whole history of the channel.
-    """
-
-    client: str
-    channel: str
-    received: Sequence[Received]
-    since: Mapping[tuple[str, int], int] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoreState:
-    """What the gateway stores still hold: event ids above the forwarded mark (the backlog)
-    and event ids in quarantine (not replayed), each with the store it was found in."""
-
-    backlog: Mapping[str, tuple[str, ...]]
-    quarantined: Mapping[str, tuple[str, ...]]
-    stored: Mapping[str, tuple[str, ...]]
-    """Every event id each store holds at all, with the stores (a cross-store duplicate shows
-    two)."""
-
-    @classmethod
-    def empty(cls) -> StoreState:
-        return cls({}, {}, {})
-
-
-@dataclass(frozen=True, slots=True)
-class OrderViolation:
-    """Two events of one key, acked ``earlier`` then ``later`` by ``client``, that Kafka holds
-    the other way round (or on different partitions)."""
-
-    client: str
-    key: str
-    earlier: str
-    later: str
-    earlier_at: Position
-    later_at: Position
-
-    def __str__(self) -> str:
-        return (
-            f"{self.client} key {self.key!r}: {self.earlier} acked before {self.later}, "
-            f"but Kafka has {_pos(self.earlier_at)} vs {_pos(self.later_at)}"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class StreamProblem:
-    """One stream anomaly of one client on one channel."""
-
-    client: str
-    channel: str
-    position: Position
-    detail: str = ""
-
-    def __str__(self) -> str:
-        extra = f" ({self.detail})" if self.detail else ""
-        return f"{self.client} {self.channel}: {_pos(self.position)}{extra}"
-
-
-@dataclass(slots=True)
-class Report:
-    """The checker's verdict: counts of each kind of problem, with the offenders."""
-
-    acked: int = 0
-    sent: int = 0
-    records: int = 0
-    lost: list[str] = field(default_factory=list)
-    backlog: list[str] = field(default_factory=list)
-    quarantined: list[str] = field(default_factory=list)
-    dead_lettered: list[str] = field(default_factory=list)
-    duplicated: dict[str, int] = field(default_factory=dict)
-    """event id -> number of copies in Kafka (2 or more)."""
-    raw_duplicates: dict[bytes, int] = field(default_factory=dict)
-    """value bytes -> number of identical records (2 or more)."""
-    phantom: list[str] = field(default_factory=list)
-    out_of_order: list[OrderViolation] = field(default_factory=list)
-    updates_received: int = 0
-    updates_expected: int = 0
-    skipped: list[StreamProblem] = field(default_factory=list)
-    repeated: list[StreamProblem] = field(default_factory=list)
-    stream_out_of_order: list[StreamProblem] = field(default_factory=list)
-    unexpected: list[StreamProblem] = field(default_factory=list)
-
-    @property
-    def duplicate_copies(self) -> int:
-        """Extra copies in Kafka beyond the first, over every duplicated event id."""
-        return sum(n - 1 for n in self.duplicated.values())
-
-    @property
-    def no_loss(self) -> bool:
-        """Nothing acknowledged is missing for good (backlog and quarantine are not loss)."""
-        return not self.lost
-
-    @property
-    def events_ok(self) -> bool:
-        """Every acknowledged event exactly once in Kafka, nothing else there, in key order."""
-        return not (
-            self.lost
-            or self.backlog
-            or self.quarantined
-            or self.dead_lettered
-            or self.duplicated
-            or self.raw_duplicates
-            or self.phantom
-            or self.out_of_order
-        )
-
-    @property
-    def streams_ok(self) -> bool:
-        """Every subscriber got every update of its channels exactly once, in order."""
-        return not (self.skipped or self.repeated or self.stream_out_of_order or self.unexpected)
-
-    @property
-    def ok(self) -> bool:
-        """No problem of any kind (an acknowledged event still in a backlog is one: it is not
-        in Kafka yet)."""
-        return self.events_ok and self.streams_ok
-
-    def __str__(self) -> str:
-        verdict = "OK" if self.ok else "FAILED"
-        lines = [
-            f"reliability check {verdict}: {self.acked} acked, {self.sent} sent, "
-            f"{self.records} records in Kafka, {self.updates_received} updates received "
-            f"({self.updates_expected} owed)"
-        ]
-        sections: list[tuple[str, Sequence[object]]] = [
-            ("lost (acked, not in Kafka nor in any store)", self.lost),
-            ("still in a store backlog (acked, not forwarded yet)", self.backlog),
-            ("quarantined in a store", self.quarantined),
-            ("dead-lettered", self.dead_lettered),
-            (
-                "duplicated event ids",
-                [f"{i} x{n}" for i, n in sorted(self.duplicated.items())],
-            ),
-            (
-                "raw duplicate values",
-                [f"{v[:60]!r}... x{n}" for v, n in self.raw_duplicates.items()],
-            ),
-            ("phantom (in Kafka, never sent)", self.phantom),
-            ("out of order per key", self.out_of_order),
-            ("stream: skipped", self.skipped),
-            ("stream: repeated", self.repeated),
-            ("stream: out of order", self.stream_out_of_order),
-            ("stream: unexpected (not of the channel)", self.unexpected),
-        ]
-        for title, items in sections:
-            if items:
-                lines.append(f"  {title}: {len(items)}")
-                lines.extend(f"    - {item}" for item in list(items)[:EXAMPLES])
-                if len(items) > EXAMPLES:
-                    lines.append(f"    - ... {len(items) - EXAMPLES} more")
-        return "\n".join(lines)
 
 
 def channels_by_rules(spec: str | Iterable[str]) -> ChannelsOf:
@@ -267,7 +98,7 @@ def record_event_id(record: ConsumedRecord) -> str:
         value = None
     if isinstance(value, dict) and isinstance(value.get("event_id"), str):
         return str(value["event_id"]).lower()
-    return f"<no event id at {_pos((record.topic, record.partition, record.offset))}>"
+    return f"<no event id at {position_text((record.topic, record.partition, record.offset))}>"
 
 
 def check_records(
@@ -400,55 +231,6 @@ def _check_streams(
                 )
 
 
-def store_path(path: Path) -> Path:
-    """A store file from either its path or its gateway's data directory."""
-    return path / STORE_FILE if path.is_dir() else path
-
-
-def read_store(path: Path) -> tuple[set[str], set[str], set[str]]:
-    """(backlog ids, quarantined ids, all ids) of one gateway store, read-only (safe while
-    the gateway runs: SQLite WAL readers do not block the writer). The backlog is every event
-    above the store's local forwarded mark that is not quarantined; the local mark may lag
-    Kafka (the forwarder's position in Kafka is the truth), so a backlog id can also be in
-    Kafka already: the checker only uses it for ids absent from Kafka."""
-    with sqlite3.connect(f"file:{store_path(path)}?mode=ro", uri=True) as db:
-        mark_rows = db.execute("SELECT value FROM meta WHERE name = 'forwarded_seq'").fetchall()
-        mark = int(mark_rows[0][0]) if mark_rows else 0
-        quarantined = {
-            str(row[0]).lower()
-            for row in db.execute("SELECT event_id FROM quarantine WHERE replayed_at_ms IS NULL")
-        }
-        backlog = {
-            str(row[0]).lower()
-            for row in db.execute("SELECT event_id FROM events WHERE seq > ?", (mark,))
-        } - quarantined
-        stored = {str(row[0]).lower() for row in db.execute("SELECT event_id FROM events")}
-    return backlog, quarantined, stored
-
-
-def read_stores(paths: Mapping[str, Path]) -> StoreState:
-    """Read several gateway stores (name -> data dir or store file); stores that do not exist
-    (an instance that never started) are skipped."""
-    backlog: defaultdict[str, list[str]] = defaultdict(list)
-    quarantined: defaultdict[str, list[str]] = defaultdict(list)
-    stored: defaultdict[str, list[str]] = defaultdict(list)
-    for name, path in paths.items():
-        if not store_path(path).exists():
-            continue
-        in_backlog, in_quarantine, held = read_store(path)
-        for event_id in in_backlog:
-            backlog[event_id].append(name)
-        for event_id in in_quarantine:
-            quarantined[event_id].append(name)
-        for event_id in held:
-            stored[event_id].append(name)
-    return StoreState(
-        {k: tuple(v) for k, v in backlog.items()},
-        {k: tuple(v) for k, v in quarantined.items()},
-        {k: tuple(v) for k, v in stored.items()},
-    )
-
-
 async def drain(
     bootstrap: str, topics: Sequence[str], *, timeout_s: float = 120.0
 ) -> list[ConsumedRecord]:
@@ -486,7 +268,3 @@ async def check(
         stores=state,
         dead_letters=dead,
     )
-
-
-def _pos(position: Position) -> str:
-    return f"{position[0]}[{position[1]}]@{position[2]}"

@@ -8,19 +8,17 @@ usable from pytest fixtures, benchmarks and the command line::
     python -m gateway.testing.kafka_broker run --data-dir var/kafka --port 9092
 
 `run` keeps its data directory between runs (the persistent development broker of `make run`).
+What the work directory holds (properties, log4j2 configuration, formatted storage) is
+:mod:`gateway.testing.kafka_workdir`.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -32,6 +30,13 @@ from gateway.testing.kafka_jars import (
     has_kafka_jars,
 )
 from gateway.testing.kafka_readiness import NotReady, run_in_private_loop, wait_until_ready
+from gateway.testing.kafka_workdir import (
+    LOG4J2_YAML,
+    format_storage,
+    one_node_properties,
+    storage_formatted,
+    write_properties,
+)
 from gateway.testing.ports import (
     LOOPBACK,
     ChildProcess,
@@ -40,42 +45,6 @@ from gateway.testing.ports import (
     port_is_bindable,
     wait_for_port,
 )
-
-# Quiet: warnings and errors only, plus the one line saying the server has started.
-_LOG4J2_YAML = """\
-Configuration:
-  status: warn
-  shutdownHook: disable
-  Appenders:
-    Console:
-      name: STDOUT
-      target: SYSTEM_OUT
-      PatternLayout:
-        pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: WARN
-      AppenderRef:
-        - ref: STDOUT
-    Logger:
-      - name: kafka.server.KafkaRaftServer
-        level: INFO
-        additivity: false
-        AppenderRef:
-          - ref: STDOUT
-"""
-
-
-def _new_cluster_id() -> str:
-    """16 random bytes, base64url without padding, not starting with '-' (as Kafka's Uuid)."""
-    while True:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
-        if not cluster_id.startswith("-"):
-            return cluster_id
-
-
-def _escape_property(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 class KafkaBroker(ServerProcess):
@@ -164,50 +133,24 @@ class KafkaBroker(ServerProcess):
     @property
     def is_formatted(self) -> bool:
         """Whether the data directory has been formatted (holds meta.properties)."""
-        return (self.data_dir / "meta.properties").is_file()
+        return storage_formatted(self.data_dir)
 
     def properties(self) -> dict[str, str]:
         """The server properties: a one-node loopback cluster, plus `extra_properties`."""
-        props = {
-            "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{LOOPBACK}:{self.controller_port}",
-            "listeners": (
-                f"PLAINTEXT://{LOOPBACK}:{self.port},CONTROLLER://{LOOPBACK}:{self.controller_port}"
-            ),
-            "advertised.listeners": f"PLAINTEXT://{self.advertised_bootstrap}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "log.dirs": str(self.data_dir),
-            "num.partitions": "1",
-            "default.replication.factor": "1",
-            "min.insync.replicas": "1",
-            "offsets.topic.replication.factor": "1",
-            "offsets.topic.num.partitions": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "transaction.state.log.num.partitions": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
-            "group.initial.rebalance.delay.ms": "0",
-            "auto.create.topics.enable": "false",
-            "log.retention.check.interval.ms": "5000",
-        }
-        if self.internal_port is not None:
-            internal = f"INTERNAL://{LOOPBACK}:{self.internal_port}"
-            props["listeners"] += f",{internal}"
-            props["advertised.listeners"] += f",{internal}"
-            props["listener.security.protocol.map"] += ",INTERNAL:PLAINTEXT"
-            props["inter.broker.listener.name"] = "INTERNAL"
+        props = one_node_properties(
+            port=self.port,
+            controller_port=self.controller_port,
+            internal_port=self.internal_port,
+            advertised_bootstrap=self.advertised_bootstrap,
+            data_dir=self.data_dir,
+        )
         props.update(self._extra)
         return props
 
     def _write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        lines = [f"{key}={_escape_property(value)}" for key, value in self.properties().items()]
-        self.properties_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        self.log4j_path.write_text(_LOG4J2_YAML, encoding="utf-8")
+        write_properties(self.properties_path, self.properties())
+        self.log4j_path.write_text(LOG4J2_YAML, encoding="utf-8")
 
     def _resolve_libs(self) -> Path:
         if self._libs is not None and has_kafka_jars(self._libs):
@@ -240,7 +183,15 @@ class KafkaBroker(ServerProcess):
         classpath = f"{libs}{os.sep}*"
         log4j = f"-Dlog4j2.configurationFile={self.log4j_path}"
         if not self.is_formatted:
-            self._format(java, classpath, log4j, timeout)
+            format_storage(
+                java,
+                classpath,
+                log4j,
+                properties_path=self.properties_path,
+                data_dir=self.data_dir,
+                log_path=self.log_path,
+                timeout=timeout,
+            )
         self._child = ChildProcess(
             [
                 java,
@@ -264,42 +215,6 @@ class KafkaBroker(ServerProcess):
             self.kill()
             raise
         self.last_start_seconds = time.monotonic() - started
-
-    def _format(self, java: str, classpath: str, log4j: str, timeout: float) -> None:
-        if self.data_dir.exists():  # a format that never completed: start over
-            shutil.rmtree(self.data_dir)
-        argv = [
-            java,
-            "-Xmx256m",
-            "-XX:TieredStopAtLevel=1",
-            log4j,
-            "-cp",
-            classpath,
-            "kafka.tools.StorageTool",
-            "format",
-            "-t",
-            _new_cluster_id(),
-            "-c",
-            str(self.properties_path),
-        ]
-        try:
-            result = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise TimeoutError(f"formatting Kafka storage took over {timeout:g} s") from exc
-        with open(self.log_path, "a", encoding="utf-8") as log:
-            log.write(result.stdout + result.stderr)
-        if result.returncode != 0 or not self.is_formatted:
-            raise RuntimeError(
-                f"kafka.tools.StorageTool format failed (exit code {result.returncode}):\n"
-                f"{(result.stdout + result.stderr).strip()[-4000:]}"
-            )
 
     def _wait_ready(self, deadline: float, timeout: float) -> None:
         child = self._child
