@@ -172,6 +172,13 @@ def main() -> None:
         help="offer permessage-deflate (the gateway accepts it when offered)",
     )
     parser.add_argument(
+        "--client",
+        choices=["raw", "websockets"],
+        default="raw",
+        help="the clients' websocket code: the lean benchmarks.fanout.rawws (default) or the"
+        " websockets asyncio client (always used with --compression deflate)",
+    )
+    parser.add_argument(
         "--drain-max", type=float, default=180.0, help="and at most this long in all"
     )
     parser.add_argument("--queue-max", type=int, default=0, help="stream_queue_max (0: default)")

@@ -1,7 +1,7 @@
-"""The client side, in the worker processes: each a share of the connections on the
-``websockets`` asyncio client, counting updates and their latency (frames are scanned, not
-parsed), or checking a resume's replay; :class:`Workers` is the main process's handle on them
-all."""
+"""The client side, in the worker processes: each a share of the connections, on the lean
+client of :mod:`benchmarks.fanout.rawws` (the default) or the ``websockets`` asyncio client,
+counting updates and their latency (frames are scanned, not parsed), or checking a resume's
+replay; :class:`Workers` is the main process's handle on them all."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -31,6 +32,7 @@ from benchmarks.fanout.processes import (
     quiet_child,
     serve_commands,
 )
+from benchmarks.fanout.rawws import Message, RawWebSocket, open_raw
 from benchmarks.fanout.updates import (
     ID_CHARS,
     ID_MARK,
@@ -51,7 +53,7 @@ OFFSET_MARK = '"offset":'
 class Client:
     index: int
     channel: int
-    ws: ClientConnection | None = None
+    ws: ClientConnection | RawWebSocket | None = None
     task: asyncio.Task[None] | None = None
     cursor: str | None = None
     live_at: float = 0.0
@@ -101,13 +103,14 @@ class ClientWorker:
         concurrency: int,
         timeout_s: float,
         compression: str | None,
+        client: str,
     ) -> dict[str, Any]:
         """Open one connection per ``(index, channel)``, subscribe from now; wait until each
         is live (or ``timeout_s``)."""
         self.clients = [Client(index, channel) for index, channel in channels]
         self.tally, self.live, self.closes = Tally(), 0, Counter()
         self.verify_phase = None
-        return await self._open_all(url, concurrency, timeout_s, compression, resume=False)
+        return await self._open_all(url, concurrency, timeout_s, compression, client, resume=False)
 
     async def resume(
         self,
@@ -117,6 +120,7 @@ class ClientWorker:
         concurrency: int,
         timeout_s: float,
         compression: str | None,
+        client: str,
     ) -> dict[str, Any]:
         """Reconnect every client with its cursor; each must get exactly ``behind`` updates of
         ``phase`` on its channel, then ``live``. The per-client checks and catch-up times."""
@@ -128,7 +132,7 @@ class ClientWorker:
         self.verify_phase = phase
         started = time.time()
         cpu = own_cpu()
-        opened = await self._open_all(url, concurrency, timeout_s, compression, resume=True)
+        opened = await self._open_all(url, concurrency, timeout_s, compression, client, resume=True)
         cpu = own_cpu() - cpu
         catch_up = new_histogram()
         exact = missing = duplicates = 0
@@ -185,8 +189,10 @@ class ClientWorker:
             c.closing = True
 
         async def close(c: Client) -> None:
-            if c.ws is not None:
-                with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):
+                if isinstance(c.ws, RawWebSocket):
+                    await c.ws.close(timeout_s)
+                elif c.ws is not None:
                     await c.ws.close()
 
         with contextlib.suppress(TimeoutError):
@@ -203,12 +209,23 @@ class ClientWorker:
     # ---- connections
 
     async def _open_all(
-        self, url: str, concurrency: int, timeout_s: float, compression: str | None, *, resume: bool
+        self,
+        url: str,
+        concurrency: int,
+        timeout_s: float,
+        compression: str | None,
+        client: str,
+        *,
+        resume: bool,
     ) -> dict[str, Any]:
         gate = asyncio.Semaphore(concurrency)
         started = time.perf_counter()
         for c in self.clients:
-            c.task = asyncio.create_task(self._run(c, url, gate, compression, resume))
+            if client == "raw" and compression is None:
+                run = self._run_raw(c, url, gate, resume)
+            else:
+                run = self._run(c, url, gate, compression, resume)
+            c.task = asyncio.create_task(run)
         deadline = started + timeout_s
         while self.live < len(self.clients) and time.perf_counter() < deadline:
             if all(c.task is None or c.task.done() for c in self.clients):
@@ -237,32 +254,39 @@ class ClientWorker:
                     max_queue=64,
                 )
                 c.ws = ws
-                cursor = c.cursor if resume else None
-                await ws.send(
-                    json.dumps(
-                        {
-                            "type": "subscribe",
-                            "sub": "c",
-                            "channel": f"inventory:s-{c.channel}",
-                            "cursor": cursor,
-                        }
-                    )
-                )
+                await ws.send(subscribe_frame(c, resume))
             async for message in ws:
-                if isinstance(message, str) and message.startswith(EVENTS_PREFIX):
-                    if self.verify_phase is None:
-                        self._on_events(message)
-                    else:
-                        self._on_replayed(c, message)
-                else:
-                    self._on_control(c, message)
+                self._dispatch(c, message)
             c.closed_code = ws.close_code if ws.close_code is not None else 1006
         except ConnectionClosed as exc:
             c.closed_code = exc.rcvd.code if exc.rcvd is not None else 1006
         except Exception as exc:
             c.problem = f"{type(exc).__name__}: {exc}"[:120]
+        self._ended(c)
+
+    async def _run_raw(self, c: Client, url: str, gate: asyncio.Semaphore, resume: bool) -> None:
+        try:
+            async with gate:
+                ws = await open_raw(url, SUBPROTOCOL, partial(self._dispatch, c), timeout_s=120)
+                c.ws = ws
+                ws.send_text(subscribe_frame(c, resume))
+            c.closed_code = await ws.closed
+        except Exception as exc:
+            c.problem = f"{type(exc).__name__}: {exc}"[:120]
+        self._ended(c)
+
+    def _ended(self, c: Client) -> None:
         if not c.closing:
             self.closes[str(c.closed_code if c.problem is None else c.problem)] += 1
+
+    def _dispatch(self, c: Client, message: Message) -> None:
+        if isinstance(message, str) and message.startswith(EVENTS_PREFIX):
+            if self.verify_phase is None:
+                self._on_events(message)
+            else:
+                self._on_replayed(c, message)
+        else:
+            self._on_control(c, message)
 
     def _on_events(self, message: str) -> None:
         """The hot path: count updates, their latency from the produce time."""
@@ -330,6 +354,17 @@ class ClientWorker:
                 self.live += 1
         elif kind in ("reset", "error", "unsubscribed"):
             c.problem = f"{kind}: {frame.get('reason') or frame.get('code')}"
+
+
+def subscribe_frame(c: Client, resume: bool) -> str:
+    return json.dumps(
+        {
+            "type": "subscribe",
+            "sub": "c",
+            "channel": f"inventory:s-{c.channel}",
+            "cursor": c.cursor if resume else None,
+        }
+    )
 
 
 def client_worker_main(conn: Connection, worker: int) -> None:

@@ -98,6 +98,7 @@ async def connect_all(workers: Workers, url: str, shape: Shape, args: argparse.N
             "concurrency": args.connect_concurrency,
             "timeout_s": args.connect_timeout,
             "compression": args.compression,
+            "client": args.client,
             **share,
         }
         for share in shape.assignment()

@@ -62,7 +62,8 @@ def report(
         f"results: updates/s delivered (sum over clients), ratio to the baseline, latency from"
         f" produce to client receipt ({args.channels} channels, {size}-byte events frames,"
         f" JSON subprotocol, compression {args.compression or 'off'}; {args.workers} client"
-        f" processes; broker, gateway, producer and clients share {os.cpu_count()} cores):"
+        f" processes ({client_name(args)} client); broker, gateway, producer and clients"
+        f" share {os.cpu_count()} cores):"
     )
     for live, base in results:
         baseline_rate = base.figures.rate if base is not None else None
@@ -125,3 +126,7 @@ def report(
         f"\n  goal: >= {GOAL_DELIVERED:,} updates/s delivered with p99 < 100 ms"
         " (the product's statement); the figures above are this machine's."
     )
+
+
+def client_name(args: argparse.Namespace) -> str:
+    return "websockets" if args.compression or args.client == "websockets" else "lean rawws"

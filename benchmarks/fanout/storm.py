@@ -100,6 +100,7 @@ async def resume_storm(
         concurrency=args.connect_concurrency,
         timeout_s=args.storm_timeout,
         compression=args.compression,
+        client=args.client,
     )
     gateway_cpu = cpu_seconds(gw_pid) - cpu0
     rss_peak = await watch.stop()
