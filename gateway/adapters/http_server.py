@@ -1,4 +1,5 @@
-"""The HTTP server: uvicorn with httptools and websockets, plus a handshake deadline.
+"""The HTTP server: uvicorn with httptools and websockets, plus a handshake deadline and a
+websocket keepalive that waits for a client still draining (:mod:`gateway.adapters.ws_keepalive`).
 
 uvicorn gives a new connection unlimited time to send its request line and headers, so a client
 that trickles one byte a second (slowloris) holds a connection forever and enough of them exhaust
@@ -17,6 +18,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.adapters.ws_keepalive import DrainTolerantWebSocketProtocol
 from gateway.config import GatewayConfig
 
 
@@ -68,7 +70,7 @@ def uvicorn_config(app: Any, config: GatewayConfig) -> uvicorn.Config:
         port=config.port,
         loop="uvloop",
         http=handshake_deadline_protocol(config.handshake_timeout_s),
-        ws="websockets-sansio",
+        ws=DrainTolerantWebSocketProtocol,
         ws_ping_interval=config.ws_ping_interval_s,
         ws_ping_timeout=config.ws_ping_timeout_s,
         ws_max_size=config.ws_max_frame_bytes,
