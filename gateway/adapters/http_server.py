@@ -1,5 +1,6 @@
-"""The HTTP server: uvicorn with httptools and websockets, plus a handshake deadline and a
-websocket keepalive that waits for a client still draining (:mod:`gateway.adapters.ws_keepalive`).
+"""The HTTP server: uvicorn with httptools and websockets, plus a handshake deadline; websocket
+connections run :mod:`gateway.adapters.ws_protocol` (a keepalive that waits for a client still
+draining, and a synchronous send for the stream).
 
 uvicorn gives a new connection unlimited time to send its request line and headers, so a client
 that trickles one byte a second (slowloris) holds a connection forever and enough of them exhaust
@@ -18,7 +19,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.adapters.ws_keepalive import DrainTolerantWebSocketProtocol
+from gateway.adapters.ws_protocol import GatewayWebSocketProtocol
 from gateway.config import GatewayConfig
 
 
@@ -70,7 +71,7 @@ def uvicorn_config(app: Any, config: GatewayConfig) -> uvicorn.Config:
         port=config.port,
         loop="uvloop",
         http=handshake_deadline_protocol(config.handshake_timeout_s),
-        ws=DrainTolerantWebSocketProtocol,
+        ws=GatewayWebSocketProtocol,
         ws_ping_interval=config.ws_ping_interval_s,
         ws_ping_timeout=config.ws_ping_timeout_s,
         ws_max_size=config.ws_max_frame_bytes,

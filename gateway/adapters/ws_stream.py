@@ -28,6 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.adapters.http_auth import principal_of
 from gateway.adapters.http_context import traceparent_of
+from gateway.adapters.ws_protocol import send_now_of
 from gateway.core.authz import Principal
 from gateway.core.channels import valid_channel
 from gateway.core.cursor import Cursor, CursorCodec
@@ -227,6 +228,7 @@ class _Connection:
         self._progress_at = 0.0
         """When a send last completed, or one started with none in flight (loop time)."""
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._send_now = send_now_of(websocket.scope)
 
     async def run(self) -> None:
         reader = asyncio.create_task(self._read_loop())
@@ -267,6 +269,10 @@ class _Connection:
         self._finished.set()
 
     async def _send(self, frame: str | bytes) -> None:
+        # The socket takes it now (the usual case): written at once, without the ASGI chain.
+        # Not while another send waits, so that a waiting frame is not overtaken.
+        if not self._sending and self._send_now is not None and self._send_now(frame):
+            return
         message = (
             {"type": "websocket.send", "text": frame}
             if isinstance(frame, str)

@@ -35,6 +35,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from gateway.adapters.memory_store import MemoryEventStore
+from gateway.adapters.ws_protocol import GatewayWebSocketProtocol
 from gateway.adapters.ws_stream import StreamEndpoint, StreamSettings
 from gateway.core.cursor import CursorCodec
 from gateway.core.ids import Epoch, KafkaOffset
@@ -135,7 +136,7 @@ async def serve(setup: Mapping[str, Any]) -> AsyncIterator[Gateway]:
     server = _Server(
         uvicorn.Config(
             app,
-            ws="websockets-sansio",
+            ws=GatewayWebSocketProtocol,  # the gateway's: frames take its SEND_NOW path
             ws_max_size=setup.get("ws_max_frame_bytes", 1024 * 1024),
             lifespan="off",
             log_config=None,

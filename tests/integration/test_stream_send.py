@@ -37,6 +37,7 @@ class FakeSocket:
         self.drained.set()
         self.send_delay_s = send_delay_s
         self.closed: tuple[int, str] | None = None
+        self.scope: dict[str, Any] = {}  # no SEND_NOW extension: every frame goes through send()
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.drained.wait()

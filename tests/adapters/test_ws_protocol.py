@@ -1,0 +1,118 @@
+"""The SEND_NOW extension of :mod:`gateway.adapters.ws_protocol` on a real uvicorn server and a
+real websocket client over loopback: frames written at once and frames sent through ASGI arrive
+whole and in order; it refuses (instead of buffering without bound) once the transport is
+paused by a client that does not read, and after the close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import connect
+
+from gateway.adapters.ws_protocol import GatewayWebSocketProtocol, send_now_of
+
+PAD = "x" * 1000
+MAX_FRAMES = 40_000
+"""Bound of the writing loop: 40 MB, far more than the socket buffers on loopback hold."""
+
+
+def frame(i: int) -> str:
+    return f"{i:08d}{PAD}"
+
+
+class Script:
+    """The server side: write with SEND_NOW until refused, then through ASGI."""
+
+    def __init__(self) -> None:
+        self.refused_at: int | None = None
+        self.offered = False
+        self.after_close: bool | None = None
+        self.paused = asyncio.Event()
+        self.done = asyncio.Event()
+
+    async def endpoint(self, ws: WebSocket) -> None:
+        await ws.accept()
+        send_now = send_now_of(ws.scope)
+        self.offered = send_now is not None
+        assert send_now is not None
+        await ws.receive()  # the client is ready (and then stops reading)
+        i = 0
+        while i < MAX_FRAMES and send_now(frame(i)):
+            i += 1
+        self.refused_at = i
+        self.paused.set()
+        for j in range(i, i + 5):  # the refused frame and four more: these wait for the drain
+            await ws.send_text(frame(j))
+        sent_now = 0
+        for j in range(i + 5, i + 10):
+            if send_now(frame(j)):
+                sent_now += 1
+            else:
+                await ws.send_text(frame(j))
+        await ws.close()
+        self.after_close = send_now(frame(i + 10))
+        self.done.set()
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[Script, int]]:
+    script = Script()
+    app = Starlette(routes=[WebSocketRoute("/ws", script.endpoint)])
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, ws=GatewayWebSocketProtocol, log_level="error"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(10):
+        while not server.started:
+            if task.done():
+                task.result()  # start-up failed: say why
+            await asyncio.sleep(0.01)
+    port: int = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield script, port
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(10):
+                await task
+
+
+async def test_send_now_in_order_refused_when_paused_and_after_close(
+    served: tuple[Script, int],
+) -> None:
+    script, port = served
+    received: list[Any] = []
+    # a fixed receive buffer: loopback autotuning would otherwise take tens of megabytes
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    async with connect(
+        f"ws://127.0.0.1:{port}/ws", sock=sock, max_queue=1, max_size=None, compression=None
+    ) as ws:  # no compression: the padding would shrink to nothing
+        await ws.send("ready")
+        async with asyncio.timeout(30):
+            await script.paused.wait()  # the client read nothing meanwhile
+        assert script.offered
+        assert script.refused_at is not None
+        assert 0 < script.refused_at < MAX_FRAMES
+        async with asyncio.timeout(60):
+            async for message in ws:
+                received.append(message)
+    async with asyncio.timeout(10):
+        await script.done.wait()
+    total = script.refused_at + 10
+    assert len(received) == total
+    assert [int(m[:8]) for m in received] == list(range(total))  # whole, in order
+    assert all(m[8:] == PAD for m in received)
+    assert script.after_close is False
