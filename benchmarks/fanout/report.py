@@ -63,7 +63,9 @@ def report(
         f" produce to client receipt ({args.channels} channels, {size}-byte events frames,"
         f" JSON subprotocol, compression {args.compression or 'off'}; {args.workers} client"
         f" processes ({client_name(args)} client); broker, gateway, producer and clients"
-        f" share {os.cpu_count()} cores):"
+        f" share {os.cpu_count()} cores"
+        + (f"; after {args.warmup:g}s of gateway traffic not measured" if args.warmup else "")
+        + "):"
     )
     for live, base in results:
         baseline_rate = base.figures.rate if base is not None else None
