@@ -2,8 +2,11 @@
 latency, memory per connection, a resume storm, and a bare websockets server as the baseline.
 
 Starts its own single-node Kafka broker and a gateway process (loopback only), and client
-worker processes (``--workers``, each a share of the connections on the ``websockets``
-asyncio client, with minimal work per message: frames are scanned, not parsed). Then:
+worker processes (``--workers``, each a share of the connections on the lean client of
+:mod:`benchmarks.fanout.rawws`, or with ``--client websockets`` on the ``websockets`` asyncio
+client; minimal work per message: frames are scanned, not parsed). Then, after ``--warmup``
+seconds of gateway traffic that are not measured (the broker's first seconds serving the
+gateway's topic cost it several times the CPU of later ones):
 
 0. Kafka alone, for reference: the updates of the first phase, at its rate, read by a bare
    ``read_committed`` aiokafka consumer with the gateway's fetch settings (on a topic the
@@ -38,9 +41,11 @@ rates (``--rate 100,300,1000``: a latency curve).
     python -m benchmarks.fanout [--connections 1000,10000] [--channels 100] [--seconds 10]
                                 [--rate 0 (auto: 50k/s delivered)] [--workers 4]
                                 [--storm-clients 1000 --storm-behind 300] [--no-baseline]
+                                [--client raw|websockets] [--warmup 8]
 """
 
 # The modules, by concept: cli (arguments, the run in order), phases (connecting, measuring, the
 # gateway's live phase, Kafka alone), storm (the resume storm), baseline (the bare websockets
 # server), clients (the client worker processes), updates (what is produced, and how),
-# processes (/proc readers, the command pipe to the children), report (what is printed).
+# processes (/proc readers, the command pipe to the children), report (what is printed), rawws
+# (the lean websocket client).
