@@ -69,6 +69,22 @@ async def run(
         kafka = await kafka_alone(
             broker.bootstrap, producer, alone, updates, phase, args.channels, rate, args.seconds
         )
+
+        async def live_phase(connections: int, rate: float, run: argparse.Namespace) -> Live:
+            return await gateway_live(
+                gateway,
+                broker,
+                workers,
+                producer,
+                topic,
+                updates,
+                phase,
+                Shape(connections, args.channels, args.workers),
+                rate,
+                run,
+                rss_start,
+            )
+
         if args.warmup > 0:
             # The broker's first seconds of serving the gateway's topic cost it ~3x the CPU of
             # later ones (0.6 vs 0.2 cores at 5,000 records/s), and the first measured phase
@@ -78,42 +94,18 @@ async def run(
                 f"(w) warm-up, not measured: {counts[0]:,} connections, {rate:,.0f} updates/s"
                 f" for {args.warmup:g}s ..."
             )
-            await gateway_live(
-                gateway,
-                broker,
-                workers,
-                producer,
-                topic,
-                updates,
-                phase,
-                Shape(counts[0], args.channels, args.workers),
-                rate,
-                argparse.Namespace(**{**vars(args), "seconds": args.warmup}),
-                rss_start,
-            )
+            warmup = argparse.Namespace(**{**vars(args), "seconds": args.warmup})
+            await live_phase(counts[0], rate, warmup)
         lives: list[Live] = []
         for connections in counts:
             for rate in rates(args, connections):
                 phase += 1
-                shape = Shape(connections, args.channels, args.workers)
                 section(
                     f"(1) gateway: {connections:,} connections on {args.channels} channels,"
                     f" {rate:,.0f} updates/s produced for {args.seconds:g}s"
                     f" (= {rate * connections / args.channels:,.0f}/s to deliver) ..."
                 )
-                live = await gateway_live(
-                    gateway,
-                    broker,
-                    workers,
-                    producer,
-                    topic,
-                    updates,
-                    phase,
-                    shape,
-                    rate,
-                    args,
-                    rss_start,
-                )
+                live = await live_phase(connections, rate, args)
                 print(
                     f"    connected in {live.connect_s:.1f}s; delivered {live.delivered:,} of"
                     f" {live.expected:,} in {live.seconds:.1f}s",

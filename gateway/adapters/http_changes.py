@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from gateway.adapters.http_auth import principal_of
 from gateway.adapters.http_errors import error_response
-from gateway.adapters.ws_stream import check_channel, decode_cursor, reset_label, update_view
+from gateway.adapters.stream_items import check_channel, decode_cursor, reset_label, update_view
 from gateway.core.codec import MediaType, encode, preferred_media_type
 from gateway.core.cursor import CursorCodec
 from gateway.core.stream_protocol import Encoding, ErrorCode, FrameWriter, UpdateView

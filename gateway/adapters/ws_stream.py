@@ -28,11 +28,16 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.adapters.http_auth import principal_of
 from gateway.adapters.http_context import traceparent_of
+from gateway.adapters.stream_items import (
+    check_channel,
+    decode_cursor,
+    rate_limited_frame,
+    reset_label,
+    update_view,
+)
 from gateway.adapters.ws_protocol import send_now_of
 from gateway.core.authz import Principal
-from gateway.core.channels import valid_channel
-from gateway.core.cursor import Cursor, CursorCodec
-from gateway.core.replay import ResetReason
+from gateway.core.cursor import CursorCodec
 from gateway.core.stream_protocol import (
     CloseCode,
     Encoding,
@@ -42,7 +47,6 @@ from gateway.core.stream_protocol import (
     Publish,
     Subscribe,
     Unsubscribe,
-    UpdateView,
     choose_subprotocol,
     parse_frame,
 )
@@ -50,12 +54,10 @@ from gateway.errors import (
     AuthError,
     FrameError,
     GatewayError,
-    InvalidCursor,
     RateLimited,
     RequestError,
 )
 from gateway.flows.fanout import (
-    KAFKA_REPLAY_MISSING,
     CaughtUp,
     Fanout,
     Reset,
@@ -88,53 +90,6 @@ class StreamSettings:
     is dropped without one)."""
     token_grace_s: float = 0.0
     """A connection is closed (4003) this long after its token's ``exp``."""
-
-
-def update_view(update: Update, codec: CursorCodec) -> UpdateView:
-    """What the frame writer needs of an update, with its cursor as a token."""
-    r = update.record
-    return UpdateView(
-        r.topic,
-        r.partition,
-        r.offset,
-        r.key,
-        r.timestamp_ms,
-        r.value,
-        codec.encode(update.cursor_after),
-    )
-
-
-def decode_cursor(
-    codec: CursorCodec, token: str | None, *, sub: str | None = None
-) -> Cursor | None:
-    """The cursor of a client's token (``None`` for none), or a FrameError that says why."""
-    if token is None:
-        return None
-    try:
-        return codec.decode(token)
-    except InvalidCursor as exc:
-        raise FrameError(ErrorCode.INVALID_CURSOR, f"{exc.reason}: {exc}", sub=sub) from None
-
-
-def check_channel(channel: str, *, sub: str | None = None) -> None:
-    if not valid_channel(channel):
-        raise FrameError(ErrorCode.INVALID_CHANNEL, f"invalid channel {channel!r:.80}", sub=sub)
-
-
-def rate_limited_frame(
-    exc: RateLimited, *, sub: str | None = None, req: str | None = None
-) -> FrameError:
-    return FrameError(
-        ErrorCode.RATE_LIMITED, f"{exc}: retry after {exc.retry_after_s:.3f}s", sub=sub, req=req
-    )
-
-
-_RESET_CODES = frozenset({*(r.value for r in ResetReason), KAFKA_REPLAY_MISSING})
-
-
-def reset_label(reason: str) -> str:
-    """A bounded metrics label for a reset reason."""
-    return reason if reason in _RESET_CODES else "partition_reset"
 
 
 class _Gone(Exception):

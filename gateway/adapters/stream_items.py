@@ -1,0 +1,60 @@
+"""What both stream adapters (``WS /v1/stream`` and ``GET /v1/changes``) make of the fan-out's
+items and of a client's input: an update as the frame writer wants it (its cursor as a token),
+a client's cursor token and channel checked with an error that says why, a rate-limit refusal,
+and a bounded metrics label for a reset's reason."""
+
+from __future__ import annotations
+
+from gateway.core.channels import valid_channel
+from gateway.core.cursor import Cursor, CursorCodec
+from gateway.core.replay import ResetReason
+from gateway.core.stream_protocol import ErrorCode, UpdateView
+from gateway.errors import FrameError, InvalidCursor, RateLimited
+from gateway.flows.fanout import KAFKA_REPLAY_MISSING, Update
+
+
+def update_view(update: Update, codec: CursorCodec) -> UpdateView:
+    """What the frame writer needs of an update, with its cursor as a token."""
+    r = update.record
+    return UpdateView(
+        r.topic,
+        r.partition,
+        r.offset,
+        r.key,
+        r.timestamp_ms,
+        r.value,
+        codec.encode(update.cursor_after),
+    )
+
+
+def decode_cursor(
+    codec: CursorCodec, token: str | None, *, sub: str | None = None
+) -> Cursor | None:
+    """The cursor of a client's token (``None`` for none), or a FrameError that says why."""
+    if token is None:
+        return None
+    try:
+        return codec.decode(token)
+    except InvalidCursor as exc:
+        raise FrameError(ErrorCode.INVALID_CURSOR, f"{exc.reason}: {exc}", sub=sub) from None
+
+
+def check_channel(channel: str, *, sub: str | None = None) -> None:
+    if not valid_channel(channel):
+        raise FrameError(ErrorCode.INVALID_CHANNEL, f"invalid channel {channel!r:.80}", sub=sub)
+
+
+def rate_limited_frame(
+    exc: RateLimited, *, sub: str | None = None, req: str | None = None
+) -> FrameError:
+    return FrameError(
+        ErrorCode.RATE_LIMITED, f"{exc}: retry after {exc.retry_after_s:.3f}s", sub=sub, req=req
+    )
+
+
+_RESET_CODES = frozenset({*(r.value for r in ResetReason), KAFKA_REPLAY_MISSING})
+
+
+def reset_label(reason: str) -> str:
+    """A bounded metrics label for a reset reason."""
+    return reason if reason in _RESET_CODES else "partition_reset"
