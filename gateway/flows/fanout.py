@@ -26,6 +26,15 @@ altogether is closed by the transport adapter (its sends stall).
 
 When the consumer resets a partition (:meth:`Fanout.on_reset`), every subscription whose cursor
 names it gets a :class:`Reset` and ends.
+
+Writing in the consumer's cycle, as a broadcast does. An adapter that can write a frame
+synchronously when its socket takes it sets :attr:`Subscription.writer`. After a batch of live
+records is queued, :meth:`Fanout.on_records` hands each subscription it touched to its writer,
+if the adapter's loop is parked in :meth:`Subscription.next_item` with nothing in hand (so no
+frame of it is in flight and queue order is socket order); the writer takes updates with
+:meth:`Subscription.take_updates` and gives back (:meth:`Subscription.unread`) what the socket
+did not take. Whatever it leaves wakes the adapter's loop as before. Waking one task per
+subscription per cycle was most of the event loop's overhead per frame.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import contextlib
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeAlias
 
 from gateway.core.channels import valid_channel
 from gateway.core.cursor import Cursor
@@ -94,6 +103,14 @@ the cursor is past the record. Keyed by value: :meth:`Cursor.advance` is a pure 
 cursor's value and the record, so equal cursors get equal results."""
 
 
+Writer: TypeAlias = "Callable[[Subscription], bool]"
+"""Writes queued updates of a subscription now, as far as its socket takes them; ``True`` when
+the queue is then empty."""
+
+Touched = dict["Subscription", None]
+"""Subscriptions given records in one :meth:`Fanout.on_records` call, in order."""
+
+
 class SubscriptionClosed(Exception):
     """:meth:`Subscription.next_item` of an ended subscription with nothing left to hand out."""
 
@@ -136,7 +153,11 @@ class Subscription:
         self._on_close = on_close
         self._on_fall_behind = on_fall_behind
         self._announced_live = False
+        self._parked = False  # the adapter waits in next_item, holding no item
         self.task: asyncio.Task[None] | None = None
+        self.writer: Writer | None = None
+        """Set by an adapter that writes synchronously (module docstring); ``None``: every
+        item goes through :meth:`next_item`."""
 
     @property
     def phase(self) -> SubscriptionPhase:
@@ -167,7 +188,11 @@ class Subscription:
             if self.closed_reason is not None:
                 raise SubscriptionClosed(self.closed_reason)
             self._ready.clear()
-            await self._ready.wait()
+            self._parked = True
+            try:
+                await self._ready.wait()
+            finally:
+                self._parked = False
 
     def take_ready(self, limit: int) -> list[Item]:
         """Up to ``limit`` items already queued, without waiting (to batch them in one frame)."""
@@ -178,6 +203,33 @@ class Subscription:
             self._room.set()
         return taken
 
+    def take_updates(self, limit: int) -> list[Update]:
+        """Up to ``limit`` :class:`Update` items from the head of the queue (for a
+        :data:`Writer`; what it could not write it gives back with :meth:`unread`)."""
+        queue = self._queue
+        taken: list[Update] = []
+        while queue and len(taken) < limit:
+            item = queue[0]
+            if not isinstance(item, Update):
+                break
+            queue.popleft()
+            taken.append(item)
+        if taken:
+            self._room.set()
+        return taken
+
+    def unread(self, updates: Sequence[Update]) -> None:
+        """Put updates taken with :meth:`take_updates` back at the head of the queue, in order
+        (the socket did not take them)."""
+        self._queue.extendleft(reversed(updates))
+
+    def _flush(self) -> None:
+        """After a batch of live records: write now what the writer can, wake the adapter's
+        loop for the rest."""
+        writer = self.writer
+        if not (self._parked and writer is not None and writer(self)):
+            self._ready.set()
+
     async def _wait_for_room(self) -> int:
         """Free slots in the queue, waiting until there is at least one."""
         while len(self._queue) >= self._max and self.state.delivers:
@@ -185,22 +237,25 @@ class Subscription:
             await self._room.wait()
         return self._max - len(self._queue)
 
-    def _offer(self, record: LogRecord, shared: Shared | None = None) -> None:
+    def _offer(self, record: LogRecord, shared: Shared, touched: Touched) -> None:
         """A live record of the channel: buffer it while catching up, else deliver it."""
         phase = self.state.phase
         if phase is SubscriptionPhase.LIVE:
-            self._deliver(record, shared)
+            self._deliver(record, shared, touched)
         elif phase is SubscriptionPhase.REPLAYING or phase is SubscriptionPhase.WAITING:
             if len(self._pending) >= self._max:  # it is in the log: read it again instead
                 self._pending.clear()
                 self._pending_dropped = True
             self._pending.append(record)
 
-    def _deliver(self, record: LogRecord, shared: Shared | None = None) -> None:
+    def _deliver(
+        self, record: LogRecord, shared: Shared | None = None, touched: Touched | None = None
+    ) -> None:
         """Enqueue a record unless the client has it; fall behind when the queue is full.
 
         ``shared``: the results of this record for the cursors seen so far (see
-        :data:`Shared`), filled in as new cursors come."""
+        :data:`Shared`), filled in as new cursors come. ``touched``: the batch's subscriptions,
+        flushed once at its end (``None``: wake the adapter now)."""
         cursor = self.cursor
         update = None if shared is None else shared.get(cursor)
         if update is None:
@@ -219,7 +274,10 @@ class Subscription:
             return
         self.cursor = update.cursor_after
         self._queue.append(update)
-        self._ready.set()
+        if touched is None:
+            self._ready.set()
+        else:
+            touched[self] = None
 
     def _go_live(self) -> None:
         """The replay is complete: deliver the buffered live records above the cursor."""
@@ -366,15 +424,19 @@ class Fanout:
 
     def on_records(self, records: Sequence[LogRecord]) -> None:
         """Offer each record to the subscriptions of its channels (never blocks). Those at
-        the same cursor share the work and the result (:data:`Shared`)."""
+        the same cursor share the work and the result (:data:`Shared`). Then each subscription
+        given records is flushed once (module docstring)."""
         by_channel = self._by_channel
+        touched: Touched = {}
         for record in records:
             for channel in record.channels:
                 subs = by_channel.get(channel)
                 if subs:
                     shared: Shared = {}
                     for sub in list(subs):
-                        sub._offer(record, shared)
+                        sub._offer(record, shared, touched)
+        for sub in touched:
+            sub._flush()
 
     def on_reset(self, partition: PartitionKey, offset: KafkaOffset, reason: str) -> None:
         """Reset every subscription whose cursor names the partition."""

@@ -116,3 +116,66 @@ async def test_send_now_in_order_refused_when_paused_and_after_close(
     assert [int(m[:8]) for m in received] == list(range(total))  # whole, in order
     assert all(m[8:] == PAD for m in received)
     assert script.after_close is False
+
+
+SIZES = (0, 1, 125, 126, 65_535, 65_536, 200_000)
+"""Payload lengths on both sides of each header form (7-bit, 16-bit, 64-bit)."""
+
+
+async def _sizes_endpoint(ws: WebSocket) -> None:
+    await ws.accept()
+    send_now = send_now_of(ws.scope)
+    assert send_now is not None
+    await ws.receive()
+    for size in SIZES:
+        text, binary = "t" * size, bytes([size % 251]) * size
+        for frame_ in (text, binary):
+            if not send_now(frame_):  # the buffer is over its mark: the ASGI send waits
+                if isinstance(frame_, str):
+                    await ws.send_text(frame_)
+                else:
+                    await ws.send_bytes(frame_)
+    await ws.close()
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+async def test_send_now_frames_of_every_header_length_parse_on_a_real_client(
+    compression: str | None,
+) -> None:
+    """The frames SEND_NOW builds itself (no extension) and those it leaves to the protocol
+    object (permessage-deflate) are what a real client expects, text and binary."""
+    app = Starlette(routes=[WebSocketRoute("/ws", _sizes_endpoint)])
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, ws=GatewayWebSocketProtocol, log_level="error"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        received: list[Any] = []
+        async with connect(
+            f"ws://127.0.0.1:{port}/ws",
+            max_size=None,
+            compression=compression,
+        ) as ws:
+            assert ws.response is not None
+            negotiated = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            assert ("permessage-deflate" in negotiated) == (compression is not None)
+            await ws.send("ready")
+            async with asyncio.timeout(30):
+                async for message in ws:
+                    received.append(message)
+        expected: list[Any] = []
+        for size in SIZES:
+            expected += ["t" * size, bytes([size % 251]) * size]
+        assert received == expected
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(10):
+                await task
