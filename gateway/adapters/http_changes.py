@@ -28,7 +28,8 @@ from gateway.core.codec import MediaType, encode, preferred_media_type
 from gateway.core.cursor import CursorCodec
 from gateway.core.stream_protocol import Encoding, ErrorCode, FrameWriter, UpdateView
 from gateway.errors import AuthError, FrameError
-from gateway.flows.fanout import CaughtUp, Fanout, Reset, Subscription, SubscriptionClosed, Update
+from gateway.flows.fanout import Fanout
+from gateway.flows.subscription import CaughtUp, Reset, Subscription, SubscriptionClosed, Update
 from gateway.metrics import GatewayMetrics
 
 

@@ -1,16 +1,18 @@
 """What both stream adapters (``WS /v1/stream`` and ``GET /v1/changes``) make of the fan-out's
 items and of a client's input: an update as the frame writer wants it (its cursor as a token),
-a client's cursor token and channel checked with an error that says why, a rate-limit refusal,
-and a bounded metrics label for a reset's reason."""
+its encoded piece built once for every subscriber that gets it, a client's cursor token and
+channel checked with an error that says why, a rate-limit refusal, and a bounded metrics label
+for a reset's reason."""
 
 from __future__ import annotations
 
 from gateway.core.channels import valid_channel
 from gateway.core.cursor import Cursor, CursorCodec
 from gateway.core.replay import ResetReason
-from gateway.core.stream_protocol import ErrorCode, UpdateView
+from gateway.core.stream_protocol import ErrorCode, FrameWriter, UpdateView
 from gateway.errors import FrameError, InvalidCursor, RateLimited
-from gateway.flows.fanout import KAFKA_REPLAY_MISSING, Update
+from gateway.flows.fanout import KAFKA_REPLAY_MISSING
+from gateway.flows.subscription import Update
 
 
 def update_view(update: Update, codec: CursorCodec) -> UpdateView:
@@ -58,3 +60,30 @@ _RESET_CODES = frozenset({*(r.value for r in ResetReason), KAFKA_REPLAY_MISSING}
 def reset_label(reason: str) -> str:
     """A bounded metrics label for a reset reason."""
     return reason if reason in _RESET_CODES else "partition_reset"
+
+
+class UpdatePieces:
+    """Encoded updates (:meth:`FrameWriter.update_piece`) by :class:`Update` object, for one
+    writer: the fan-out hands one Update object to every subscription of a channel at the same
+    cursor, so its piece (cursor token included) is built once for all of them.
+
+    Keyed by ``id``; each entry holds its Update, so the id cannot be reused while the entry
+    lives. A piece depends only on the Update (immutable), the codec and the encoding."""
+
+    __slots__ = ("_codec", "_entries", "_max", "_writer")
+
+    def __init__(self, writer: FrameWriter, codec: CursorCodec, max_entries: int = 8192) -> None:
+        self._writer = writer
+        self._codec = codec
+        self._entries: dict[int, tuple[Update, str | bytes]] = {}
+        self._max = max_entries
+
+    def of(self, update: Update) -> str | bytes:
+        entry = self._entries.get(id(update))
+        if entry is not None and entry[0] is update:
+            return entry[1]
+        piece = self._writer.update_piece(update_view(update, self._codec))
+        if len(self._entries) >= self._max:
+            self._entries.clear()  # cheaper than LRU bookkeeping; entries are short-lived
+        self._entries[id(update)] = (update, piece)
+        return piece

@@ -32,11 +32,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from gateway.adapters.http_auth import principal_of
 from gateway.adapters.http_context import traceparent_of
 from gateway.adapters.stream_items import (
+    UpdatePieces,
     check_channel,
     decode_cursor,
     rate_limited_frame,
     reset_label,
-    update_view,
 )
 from gateway.adapters.ws_protocol import send_now_of
 from gateway.core.authz import Principal
@@ -60,16 +60,10 @@ from gateway.errors import (
     RateLimited,
     RequestError,
 )
-from gateway.flows.fanout import (
-    CaughtUp,
-    Fanout,
-    Reset,
-    Subscription,
-    SubscriptionClosed,
-    Update,
-)
+from gateway.flows.fanout import Fanout
 from gateway.flows.ingest import IngestFlow
 from gateway.flows.limits import UNLIMITED, SubjectLimits
+from gateway.flows.subscription import CaughtUp, Reset, Subscription, SubscriptionClosed, Update
 from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -99,33 +93,6 @@ class _Gone(Exception):
     """The client is gone: sending failed."""
 
 
-class _Pieces:
-    """Encoded updates (:meth:`FrameWriter.update_piece`) by :class:`Update` object, for one
-    writer: the fan-out hands one Update object to every subscription of a channel at the same
-    cursor, so its piece (cursor token included) is built once for all of them.
-
-    Keyed by ``id``; each entry holds its Update, so the id cannot be reused while the entry
-    lives. A piece depends only on the Update (immutable), the codec and the encoding."""
-
-    __slots__ = ("_codec", "_entries", "_max", "_writer")
-
-    def __init__(self, writer: FrameWriter, codec: CursorCodec, max_entries: int = 8192) -> None:
-        self._writer = writer
-        self._codec = codec
-        self._entries: dict[int, tuple[Update, str | bytes]] = {}
-        self._max = max_entries
-
-    def of(self, update: Update) -> str | bytes:
-        entry = self._entries.get(id(update))
-        if entry is not None and entry[0] is update:
-            return entry[1]
-        piece = self._writer.update_piece(update_view(update, self._codec))
-        if len(self._entries) >= self._max:
-            self._entries.clear()  # cheaper than LRU bookkeeping; entries are short-lived
-        self._entries[id(update)] = (update, piece)
-        return piece
-
-
 class StreamEndpoint:
     """The ``WS /v1/stream`` endpoint: one instance serves every connection."""
 
@@ -145,7 +112,9 @@ class StreamEndpoint:
         self.settings = settings or StreamSettings()
         self.limits = limits
         self.writers = {encoding: FrameWriter(encoding) for encoding in Encoding}
-        self.pieces = {encoding: _Pieces(self.writers[encoding], codec) for encoding in Encoding}
+        self.pieces = {
+            encoding: UpdatePieces(self.writers[encoding], codec) for encoding in Encoding
+        }
         self._unreported = 0
 
     def count_updates(self, count: int) -> None:

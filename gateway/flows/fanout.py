@@ -1,9 +1,11 @@
 """Fan-out of the downstream path: log records -> per-subscription bounded queues, no transport.
 
 A :class:`Fanout` is a :class:`~gateway.flows.downstream_ports.DownstreamListener` of the
-downstream consumer and holds :class:`Subscription` objects, one per (client, channel). A
-websocket or long-poll adapter sits on top: it calls :meth:`Fanout.subscribe`, then loops on
-:meth:`Subscription.next_item` and writes each :class:`Update` or :class:`Reset` as a frame.
+downstream consumer and holds :class:`~gateway.flows.subscription.Subscription` objects, one
+per (client, channel). A websocket or long-poll adapter sits on top: it calls
+:meth:`Fanout.subscribe`, then loops on ``Subscription.next_item`` and writes each update or
+reset as a frame, or writes the updates of a batch at once (a writer: see
+:mod:`gateway.flows.subscription`).
 
 Replay, then live, with no gap and no duplicate at the seams. A subscription with a cursor
 starts ``replaying`` in a background task run by a :class:`~gateway.flows.replayer.Replayer`:
@@ -26,35 +28,18 @@ altogether is closed by the transport adapter (its sends stall).
 
 When the consumer resets a partition (:meth:`Fanout.on_reset`), every subscription whose cursor
 names it gets a :class:`Reset` and ends.
-
-Writing in the consumer's cycle, as a broadcast does. An adapter that can write a frame
-synchronously when its socket takes it sets :attr:`Subscription.writer`. After a batch of live
-records is queued, :meth:`Fanout.on_records` hands each subscription it touched to its writer,
-if the adapter's loop is parked in :meth:`Subscription.next_item` with nothing in hand (so no
-frame of it is in flight and queue order is socket order); the writer takes updates with
-:meth:`Subscription.take_updates` and gives back (:meth:`Subscription.unread`) what the socket
-did not take. Whatever it leaves wakes the adapter's loop as before. Waking one task per
-subscription per cycle was most of the event loop's overhead per frame.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal, TypeAlias
 
 from gateway.core.channels import valid_channel
 from gateway.core.cursor import Cursor
 from gateway.core.ids import Epoch, KafkaOffset
-from gateway.core.replay import (
-    ResetReason,
-    SubscriptionEvent,
-    SubscriptionPhase,
-    SubscriptionState,
-)
+from gateway.core.replay import ResetReason, SubscriptionEvent
 from gateway.flows.downstream_ports import (
     DownstreamLog,
     KafkaHistory,
@@ -64,269 +49,10 @@ from gateway.flows.downstream_ports import (
 )
 from gateway.flows.replayer import KAFKA_REPLAY_MISSING as KAFKA_REPLAY_MISSING
 from gateway.flows.replayer import Replayer, cursor_at
-
-
-@dataclass(frozen=True, slots=True)
-class Update:
-    """One record for the client, and the cursor to persist once it is applied."""
-
-    record: LogRecord
-    cursor_after: Cursor
-
+from gateway.flows.subscription import Shared, Subscription, Touched
 
 _UNKNOWN = Epoch("unknown")
 """Placeholder epoch of a "from now" subscription's cursor until its replay task sets it."""
-
-
-@dataclass(frozen=True, slots=True)
-class CaughtUp:
-    """The replay is complete: what follows is live. ``cursor`` is where the client is now
-    (for a "from now" subscription, the position it starts from)."""
-
-    cursor: Cursor
-
-
-@dataclass(frozen=True, slots=True)
-class Reset:
-    """The history of the subscription is gone: the client must re-snapshot. Always the last."""
-
-    reason: str
-
-
-Item = Update | CaughtUp | Reset
-
-Shared = dict[Cursor, Update | Literal[False]]
-"""What one live record means to a cursor, worked out once for all the subscriptions of a
-channel at that cursor: the :class:`Update` to queue (one object, with one ``cursor_after``
-object, shared by them all; its token and frame pieces are then built once), or ``False`` when
-the cursor is past the record. Keyed by value: :meth:`Cursor.advance` is a pure function of the
-cursor's value and the record, so equal cursors get equal results."""
-
-
-Writer: TypeAlias = "Callable[[Subscription], bool]"
-"""Writes queued updates of a subscription now, as far as its socket takes them; ``True`` when
-the queue is then empty."""
-
-Touched = dict["Subscription", None]
-"""Subscriptions given records in one :meth:`Fanout.on_records` call, in order."""
-
-
-class SubscriptionClosed(Exception):
-    """:meth:`Subscription.next_item` of an ended subscription with nothing left to hand out."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Subscription:
-    """One channel for one client: a bounded queue of :class:`Update` / :class:`Reset` items.
-
-    Its private methods (``_deliver``, ``_wait_for_room``, ``_go_live``, ``_reset``, ``_end``)
-    are driven by the fan-out and its :class:`~gateway.flows.replayer.Replayer` only."""
-
-    def __init__(
-        self,
-        channel: str,
-        cursor: Cursor,
-        max_items: int,
-        on_close: Callable[[Subscription], None],
-        on_fall_behind: Callable[[Subscription], None] = lambda sub: None,
-        topics: frozenset[str] | None = None,
-    ) -> None:
-        self.channel = channel
-        self.topics = topics
-        """The topics whose records may belong to the channel (``None``: any); the cursor
-        names only these, so history lost elsewhere never resets this subscription."""
-        self.cursor = cursor if topics is None else cursor.restricted_to(topics)
-        """Where the client is once it applied everything queued so far."""
-        self.state = SubscriptionState()
-        self.fell_behind = 0
-        """Times the queue filled while live and the subscription went back to the log."""
-        self.closed_reason: str | None = None
-        self._max = max_items
-        self._queue: deque[Item] = deque()
-        self._pending: list[LogRecord] = []  # live records seen while replaying
-        self._pending_dropped = False
-        self._ready = asyncio.Event()
-        self._room = asyncio.Event()
-        self._on_close = on_close
-        self._on_fall_behind = on_fall_behind
-        self._announced_live = False
-        self._parked = False  # the adapter waits in next_item, holding no item
-        self.task: asyncio.Task[None] | None = None
-        self.writer: Writer | None = None
-        """Set by an adapter that writes synchronously (module docstring); ``None``: every
-        item goes through :meth:`next_item`."""
-
-    @property
-    def phase(self) -> SubscriptionPhase:
-        """The state machine's phase (replaying, waiting, live, reset_sent, closed)."""
-        return self.state.phase
-
-    def replaying(self) -> bool:
-        """Whether the subscription is still catching up from the log."""
-        return self.state.phase is SubscriptionPhase.REPLAYING
-
-    def catching_up(self) -> bool:
-        """Whether the subscription is replaying or waiting for Kafka (not live, not ended)."""
-        return self.state.phase in (SubscriptionPhase.REPLAYING, SubscriptionPhase.WAITING)
-
-    @property
-    def queued(self) -> int:
-        """Items waiting for the adapter."""
-        return len(self._queue)
-
-    async def next_item(self) -> Item:
-        """The next item for the client; raise :class:`SubscriptionClosed` once it has ended
-        and everything it queued before (e.g. a final :class:`Reset`) was handed out."""
-        while True:
-            if self._queue:
-                item = self._queue.popleft()
-                self._room.set()
-                return item
-            if self.closed_reason is not None:
-                raise SubscriptionClosed(self.closed_reason)
-            self._ready.clear()
-            self._parked = True
-            try:
-                await self._ready.wait()
-            finally:
-                self._parked = False
-
-    def take_ready(self, limit: int) -> list[Item]:
-        """Up to ``limit`` items already queued, without waiting (to batch them in one frame)."""
-        taken: list[Item] = []
-        while self._queue and len(taken) < limit:
-            taken.append(self._queue.popleft())
-        if taken:
-            self._room.set()
-        return taken
-
-    def take_updates(self, limit: int) -> list[Update]:
-        """Up to ``limit`` :class:`Update` items from the head of the queue (for a
-        :data:`Writer`; what it could not write it gives back with :meth:`unread`)."""
-        queue = self._queue
-        taken: list[Update] = []
-        while queue and len(taken) < limit:
-            item = queue[0]
-            if not isinstance(item, Update):
-                break
-            queue.popleft()
-            taken.append(item)
-        if taken:
-            self._room.set()
-        return taken
-
-    def unread(self, updates: Sequence[Update]) -> None:
-        """Put updates taken with :meth:`take_updates` back at the head of the queue, in order
-        (the socket did not take them)."""
-        self._queue.extendleft(reversed(updates))
-
-    def _flush(self) -> None:
-        """After a batch of live records: write now what the writer can, wake the adapter's
-        loop for the rest."""
-        writer = self.writer
-        if not (self._parked and writer is not None and writer(self)):
-            self._ready.set()
-
-    async def _wait_for_room(self) -> int:
-        """Free slots in the queue, waiting until there is at least one."""
-        while len(self._queue) >= self._max and self.state.delivers:
-            self._room.clear()
-            await self._room.wait()
-        return self._max - len(self._queue)
-
-    def _offer(self, record: LogRecord, shared: Shared, touched: Touched) -> None:
-        """A live record of the channel: buffer it while catching up, else deliver it."""
-        phase = self.state.phase
-        if phase is SubscriptionPhase.LIVE:
-            self._deliver(record, shared, touched)
-        elif phase is SubscriptionPhase.REPLAYING or phase is SubscriptionPhase.WAITING:
-            if len(self._pending) >= self._max:  # it is in the log: read it again instead
-                self._pending.clear()
-                self._pending_dropped = True
-            self._pending.append(record)
-
-    def _deliver(
-        self, record: LogRecord, shared: Shared | None = None, touched: Touched | None = None
-    ) -> None:
-        """Enqueue a record unless the client has it; fall behind when the queue is full.
-
-        ``shared``: the results of this record for the cursors seen so far (see
-        :data:`Shared`), filled in as new cursors come. ``touched``: the batch's subscriptions,
-        flushed once at its end (``None``: wake the adapter now)."""
-        cursor = self.cursor
-        update = None if shared is None else shared.get(cursor)
-        if update is None:
-            position = cursor.position(record.topic, record.partition)
-            if position is not None and record.offset < position:
-                update = False
-            else:
-                after = cursor.advance(record.topic, record.partition, record.offset)
-                update = Update(record, after)
-            if shared is not None:
-                shared[cursor] = update
-        if update is False:  # the client has it
-            return
-        if len(self._queue) >= self._max:
-            self._fall_behind()
-            return
-        self.cursor = update.cursor_after
-        self._queue.append(update)
-        if touched is None:
-            self._ready.set()
-        else:
-            touched[self] = None
-
-    def _go_live(self) -> None:
-        """The replay is complete: deliver the buffered live records above the cursor."""
-        pending, self._pending = self._pending, []
-        self._caught_up()
-        for record in pending:
-            if self.phase is not SubscriptionPhase.LIVE:
-                break
-            self._deliver(record)
-
-    def _caught_up(self) -> None:
-        """Go live and, the first time, tell the client where it is (this item may exceed the
-        bound by one)."""
-        self.state.handle(SubscriptionEvent.REPLAY_DONE)
-        if not self._announced_live:
-            self._announced_live = True
-            self._queue.append(CaughtUp(self.cursor))
-            self._ready.set()
-
-    def _fall_behind(self) -> None:
-        """The queue is full while live: take no more live records and read them from the log
-        once the client makes room, as a replay does. Memory stays bounded by the queue and a
-        burst never drops a client; one that stops reading is the adapter's to close."""
-        self.state.handle(SubscriptionEvent.FELL_BEHIND)
-        self.fell_behind += 1
-        self._pending.clear()
-        self._pending_dropped = False
-        self._on_fall_behind(self)
-
-    def _reset(self, reason: str) -> None:
-        """Queue a final :class:`Reset` (it may exceed the bound by one) and end."""
-        if self.state.delivers:
-            self._queue.append(Reset(reason))
-            self._end(SubscriptionEvent.RESET, reason)
-
-    def _end(self, event: SubscriptionEvent, reason: str) -> None:
-        if self.closed_reason is not None:
-            return
-        self.state.handle(event)
-        self.closed_reason = reason
-        if event is not SubscriptionEvent.RESET:
-            self._queue.clear()  # bounded memory: nothing more goes to this client
-        self._pending.clear()
-        self._ready.set()
-        self._room.set()
-        self._on_close(self)
-
-    def __repr__(self) -> str:
-        return f"<Subscription {self.channel} {self.phase.value} queued={len(self._queue)}>"
 
 
 class Fanout:
@@ -425,7 +151,7 @@ class Fanout:
     def on_records(self, records: Sequence[LogRecord]) -> None:
         """Offer each record to the subscriptions of its channels (never blocks). Those at
         the same cursor share the work and the result (:data:`Shared`). Then each subscription
-        given records is flushed once (module docstring)."""
+        given records is flushed once (see :mod:`gateway.flows.subscription`)."""
         by_channel = self._by_channel
         touched: Touched = {}
         for record in records:

@@ -62,7 +62,7 @@ from gateway.flows.downstream_ports import (
 )
 
 if TYPE_CHECKING:
-    from gateway.flows.fanout import Subscription
+    from gateway.flows.subscription import Subscription
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,9 @@ from gateway.core.ids import Epoch, KafkaOffset
 from gateway.core.replay import SubscriptionPhase
 from gateway.errors import KafkaUnavailable
 from gateway.flows.downstream_ports import LogPage, LogRecord, OffsetRange, PartitionKey
-from gateway.flows.fanout import (
-    KAFKA_REPLAY_MISSING,
+from gateway.flows.fanout import KAFKA_REPLAY_MISSING, Fanout
+from gateway.flows.subscription import (
     CaughtUp,
-    Fanout,
     Item,
     Reset,
     Subscription,

@@ -18,7 +18,8 @@ from gateway.adapters.sqlite_downstream import SqliteDownstreamLog
 from gateway.core.cursor import Cursor
 from gateway.core.ids import Epoch, KafkaOffset
 from gateway.flows.downstream_ports import LogBounds, LogPage, PartitionKey
-from gateway.flows.fanout import CaughtUp, Fanout, SubscriptionClosed, Update
+from gateway.flows.fanout import Fanout
+from gateway.flows.subscription import CaughtUp, SubscriptionClosed, Update
 from tests.adapters.test_downstream_log import rec
 
 EPOCH = Epoch("e1")

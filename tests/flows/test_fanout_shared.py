@@ -14,7 +14,8 @@ import pytest
 from gateway.core.cursor import Cursor, CursorCodec
 from gateway.core.ids import Epoch, KafkaOffset
 from gateway.core.replay import SubscriptionPhase
-from gateway.flows.fanout import CaughtUp, Fanout, Item, Reset, Subscription, Update
+from gateway.flows.fanout import Fanout
+from gateway.flows.subscription import CaughtUp, Item, Reset, Subscription, Update
 from tests.adapters.test_downstream_log import INV, MemoryDownstreamLog, rec
 
 EPOCH = Epoch("e1")

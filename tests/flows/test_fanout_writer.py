@@ -9,7 +9,8 @@ import asyncio
 from collections.abc import Sequence
 
 from gateway.core.ids import Epoch, KafkaOffset
-from gateway.flows.fanout import CaughtUp, Fanout, Item, Subscription, Update
+from gateway.flows.fanout import Fanout
+from gateway.flows.subscription import CaughtUp, Item, Subscription, Update
 from tests.adapters.test_downstream_log import INV, MemoryDownstreamLog, rec
 
 EPOCH = Epoch("e1")

@@ -23,7 +23,8 @@ from gateway.core.ids import Epoch, KafkaOffset
 from gateway.core.replay import SubscriptionPhase
 from gateway.errors import KafkaUnavailable
 from gateway.flows.downstream import DownstreamConsumer
-from gateway.flows.fanout import CaughtUp, Fanout, Item, Reset, Subscription, Update
+from gateway.flows.fanout import Fanout
+from gateway.flows.subscription import CaughtUp, Item, Reset, Subscription, Update
 from gateway.testing.kafka_broker import KafkaBroker
 from gateway.testing.kafka_reader import read_committed
 from tests.integration.kafka_topics import create_topic

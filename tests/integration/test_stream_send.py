@@ -14,12 +14,14 @@ import asyncio
 import json
 from typing import Any
 
-from gateway.adapters.ws_stream import StreamEndpoint, StreamSettings, _Connection, _Pieces
+from gateway.adapters.stream_items import UpdatePieces
+from gateway.adapters.ws_stream import StreamEndpoint, StreamSettings, _Connection
 from gateway.core.authz import Principal
 from gateway.core.cursor import Cursor, CursorCodec
 from gateway.core.ids import Epoch, KafkaOffset
 from gateway.core.stream_protocol import CloseCode, Encoding, FrameWriter
-from gateway.flows.fanout import Fanout, Update
+from gateway.flows.fanout import Fanout
+from gateway.flows.subscription import Update
 from gateway.metrics import GatewayMetrics
 from tests.adapters.test_downstream_log import INV, MemoryDownstreamLog, rec
 
@@ -116,7 +118,7 @@ async def test_shared_pieces_carry_each_subscribers_own_cursor() -> None:
 
 async def test_pieces_are_built_once_per_update_object_and_never_confused() -> None:
     writer = FrameWriter(Encoding.JSON)
-    pieces = _Pieces(writer, CODEC, max_entries=2)
+    pieces = UpdatePieces(writer, CODEC, max_entries=2)
     updates = [Update(rec(INV, 0, o, S1), Cursor(EPOCH, {INV: {0: o + 1}})) for o in range(5)]
     first = pieces.of(updates[0])
     assert pieces.of(updates[0]) is first
