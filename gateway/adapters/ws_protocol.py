@@ -45,6 +45,17 @@ class GatewayWebSocketProtocol(DrainTolerantWebSocketProtocol):
     """uvicorn's sans-I/O websocket protocol with the drain-tolerant keepalive and the
     :data:`SEND_NOW` extension (module docstring)."""
 
+    _paused = False
+    """The transport's buffer is over its high-water mark (``writable`` cleared)."""
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._paused = False
+
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         if self.response.status_code == 101:  # else uvicorn refused it and made no scope
@@ -52,10 +63,10 @@ class GatewayWebSocketProtocol(DrainTolerantWebSocketProtocol):
 
     def send_now(self, frame: str | bytes) -> bool:
         if (
-            not self.handshake_complete
+            self._paused
+            or not self.handshake_complete
             or self.close_sent
             or self.initial_response is not None
-            or not self.writable.is_set()
             or self.transport.is_closing()
         ):
             return False
@@ -70,7 +81,11 @@ class GatewayWebSocketProtocol(DrainTolerantWebSocketProtocol):
             and not conn.expect_continuation_frame
             and not conn.writes
         ):
-            self.transport.write(frame_header(opcode, len(payload)) + payload)
+            length = len(payload)
+            if 125 < length < 65536:  # inline: the usual size of an events frame
+                self.transport.write(_MEDIUM.pack(0x80 | opcode, 126, length) + payload)
+            else:
+                self.transport.write(frame_header(opcode, length) + payload)
             return True
         try:
             if opcode == _TEXT:

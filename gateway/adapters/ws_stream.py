@@ -349,6 +349,8 @@ class _Connection:
                 sub.unread(updates)
                 return False
             self._e.count_updates(len(updates))
+            if len(updates) < limit:
+                break  # the queue is empty or a marker leads it
         return sub.queued == 0
 
     async def _publish(self, command: Publish) -> None:

@@ -167,6 +167,7 @@ class Subscription:
         """Up to ``limit`` :class:`Update` items from the head of the queue (for a
         :data:`Writer`; what it could not write it gives back with :meth:`unread`)."""
         queue = self._queue
+        full = len(queue) >= self._max  # else no replay waits for room (see _wait_for_room)
         taken: list[Update] = []
         while queue and len(taken) < limit:
             item = queue[0]
@@ -174,7 +175,7 @@ class Subscription:
                 break
             queue.popleft()
             taken.append(item)
-        if taken:
+        if taken and full:
             self._room.set()
         return taken
 
