@@ -16,8 +16,8 @@ flow control and slow-consumer detection are unchanged.
 
 On a connection without extensions, whose protocol object has nothing waiting to go out and no
 fragmented message open, a frame is its header and the payload (a server does not mask), so the
-header is built here: building a ``Frame`` and serializing it through the protocol object was a
-sixth of the cost of a frame.
+header is built here: building a ``Frame`` and serializing it through the protocol object was
+about a tenth of the event loop's time at 10k connections.
 """
 
 from __future__ import annotations

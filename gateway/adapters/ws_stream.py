@@ -332,7 +332,7 @@ class _Connection:
             sub.writer = functools.partial(self._write_now, command.sub)
 
     def _write_now(self, sub_id: str, sub: Subscription) -> bool:
-        """The subscription's :data:`~gateway.flows.fanout.Writer`: its queued updates as
+        """The subscription's :data:`~gateway.flows.subscription.Writer`: its queued updates as
         ``events`` frames, while the socket takes them and no other send waits (a waiting frame
         is never overtaken). Runs in the consumer's cycle, so it never raises."""
         send_now = self._send_now
