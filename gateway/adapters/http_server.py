@@ -46,6 +46,14 @@ def handshake_deadline_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
             self._disarm()
             super().connection_lost(exc)
 
+        def handle_websocket_upgrade(self) -> None:
+            super().handle_websocket_upgrade()
+            # The parser holds this protocol's methods as its callbacks: once the websocket
+            # protocol has the transport, that cycle is garbage only the collector would free,
+            # one per websocket connection, and a connection storm made its young collections
+            # long. Dropping the parser frees it all by reference counting.
+            self.parser = None  # type: ignore[assignment]
+
         def _arm(self) -> None:
             self._disarm()
             self._deadline = self.loop.call_later(timeout_s, self._cut)
