@@ -37,7 +37,7 @@ async def server() -> AsyncIterator[tuple[int, list[weakref.ref[HttpToolsProtoco
     base = handshake_deadline_protocol(10.0)
 
     class Recording(base):  # type: ignore[misc, valid-type]
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             made.append(weakref.ref(self))
             super().connection_made(transport)
 
