@@ -166,20 +166,6 @@ async def test_browser_token_in_a_subprotocol_is_never_echoed(
 
 async def test_channels_and_publishes_follow_the_token(gateway: GatewayProcess, keys: Keys) -> None:
     token_a = keys.token("user-a")
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
-        mine, foreign, as_other = order_of("user-a"), order_of("user-a"), order_of("user-b")
-        foreign["event_type"] = "Inventory.Updated"  # not in the token's publish patterns
-        answer = await http.post(
-            "/v1/events", json={"events": [mine, foreign, as_other]}, headers=bearer(token_a)
-        )
-        assert answer.status_code == 200, answer.text
-        results = answer.json()["results"]
-        assert [r["status"] for r in results] == ["accepted", "rejected", "rejected"]
-        assert {r["error"]["code"] for r in results[1:]} == {"publish_forbidden"}
-        changes = await http.get(
-            "/v1/changes", params={"channel": "orders:user-b", "wait": "0"}, headers=bearer(token_a)
-        )
-        assert changes.status_code == 403, changes.text
     async with connect(
         ws_url(gateway), subprotocols=[JSON_PROTOCOL], additional_headers=bearer(token_a)
     ) as ws:
@@ -187,8 +173,26 @@ async def test_channels_and_publishes_follow_the_token(gateway: GatewayProcess, 
         await client.subscribe("b", "orders:user-b")
         refused = await client.recv()
         assert (refused["type"], refused["code"], refused["sub"]) == ("error", "forbidden", "b")
+        # subscribed from now, and live, before the event is published: it must then arrive
         await client.subscribe("a", "orders:user-a")
-        assert (await client.recv())["type"] == "subscribed"
+        await client.expect("subscribed")
+        await client.expect("live")
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            mine, foreign, as_other = order_of("user-a"), order_of("user-a"), order_of("user-b")
+            foreign["event_type"] = "Inventory.Updated"  # not in the token's publish patterns
+            answer = await http.post(
+                "/v1/events", json={"events": [mine, foreign, as_other]}, headers=bearer(token_a)
+            )
+            assert answer.status_code == 200, answer.text
+            results = answer.json()["results"]
+            assert [r["status"] for r in results] == ["accepted", "rejected", "rejected"]
+            assert {r["error"]["code"] for r in results[1:]} == {"publish_forbidden"}
+            changes = await http.get(
+                "/v1/changes",
+                params={"channel": "orders:user-b", "wait": "0"},
+                headers=bearer(token_a),
+            )
+            assert changes.status_code == 403, changes.text
         updates, _ = await client.updates("a", 1, wait=60)
         assert updates[0]["data"]["payload"]["userId"] == "user-a"
         await client.send({"type": "publish", "req": "r1", "events": [order_of("user-b")]})
