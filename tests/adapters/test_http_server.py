@@ -12,7 +12,6 @@ import weakref
 from collections.abc import AsyncIterator
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
@@ -20,7 +19,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from websockets.asyncio.client import connect
 
 from gateway.adapters.http_server import handshake_deadline_protocol
-from gateway.adapters.ws_protocol import GatewayWebSocketProtocol
+from tests.adapters.uvicorn_serving import serving
 
 CONNECTIONS = 20
 
@@ -42,28 +41,8 @@ async def server() -> AsyncIterator[tuple[int, list[weakref.ref[HttpToolsProtoco
             super().connection_made(transport)
 
     app = Starlette(routes=[WebSocketRoute("/ws", _echo)])
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        http=Recording,
-        ws=GatewayWebSocketProtocol,
-        log_level="error",
-    )
-    served = uvicorn.Server(config)
-    task = asyncio.create_task(served.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not served.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.01)
-        yield served.servers[0].sockets[0].getsockname()[1], made
-    finally:
-        served.should_exit = True
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(10):
-                await task
+    async with serving(app, http=Recording) as port:
+        yield port, made
 
 
 async def test_an_upgraded_connection_leaves_no_http_protocol_for_the_collector(

@@ -6,19 +6,18 @@ paused by a client that does not read, and after the close."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
-from gateway.adapters.ws_protocol import GatewayWebSocketProtocol, send_now_of
+from gateway.adapters.ws_protocol import send_now_of
+from tests.adapters.uvicorn_serving import serving
 
 PAD = "x" * 1000
 MAX_FRAMES = 40_000
@@ -66,25 +65,8 @@ class Script:
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[Script, int]]:
     script = Script()
-    app = Starlette(routes=[WebSocketRoute("/ws", script.endpoint)])
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, ws=GatewayWebSocketProtocol, log_level="error"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:
-            if task.done():
-                task.result()  # start-up failed: say why
-            await asyncio.sleep(0.01)
-    port: int = server.servers[0].sockets[0].getsockname()[1]
-    try:
+    async with serving(Starlette(routes=[WebSocketRoute("/ws", script.endpoint)])) as port:
         yield script, port
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(10):
-                await task
 
 
 async def test_send_now_in_order_refused_when_paused_and_after_close(
@@ -144,19 +126,7 @@ async def test_send_now_frames_of_every_header_length_parse_on_a_real_client(
 ) -> None:
     """The frames SEND_NOW builds itself (no extension) and those it leaves to the protocol
     object (permessage-deflate) are what a real client expects, text and binary."""
-    app = Starlette(routes=[WebSocketRoute("/ws", _sizes_endpoint)])
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, ws=GatewayWebSocketProtocol, log_level="error"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    async with serving(Starlette(routes=[WebSocketRoute("/ws", _sizes_endpoint)])) as port:
         received: list[Any] = []
         async with connect(
             f"ws://127.0.0.1:{port}/ws",
@@ -174,8 +144,3 @@ async def test_send_now_frames_of_every_header_length_parse_on_a_real_client(
         for size in SIZES:
             expected += ["t" * size, bytes([size % 251]) * size]
         assert received == expected
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(10):
-                await task
