@@ -38,6 +38,7 @@ from gateway.adapters.stream_items import (
     rate_limited_frame,
     reset_label,
 )
+from gateway.adapters.ws_frames import EventFrames, wire_frame
 from gateway.adapters.ws_protocol import send_now_of
 from gateway.core.authz import Principal
 from gateway.core.cursor import CursorCodec
@@ -115,6 +116,10 @@ class StreamEndpoint:
         self.pieces = {
             encoding: UpdatePieces(self.writers[encoding], codec) for encoding in Encoding
         }
+        self.event_frames = {
+            encoding: EventFrames(self.writers[encoding], self.pieces[encoding])
+            for encoding in Encoding
+        }
         self._unreported = 0
 
     def count_updates(self, count: int) -> None:
@@ -155,6 +160,7 @@ class _Connection:
         self._ws = websocket
         self._writer = writer
         self._pieces = endpoint.pieces[writer.encoding]
+        self._event_frames = endpoint.event_frames[writer.encoding]
         self._principal = principal
         self._subs: dict[str, Subscription] = {}
         self._pumps: dict[str, asyncio.Task[None]] = {}
@@ -211,7 +217,7 @@ class _Connection:
     async def _send(self, frame: str | bytes) -> None:
         # The socket takes it now (the usual case): written at once, without the ASGI chain.
         # Not while another send waits, so that a waiting frame is not overtaken.
-        if not self._sending and self._send_now is not None and self._send_now(frame):
+        if not self._sending and self._send_now is not None and self._send_now(wire_frame(frame)):
             return
         message = (
             {"type": "websocket.send", "text": frame}
@@ -338,10 +344,10 @@ class _Connection:
         send_now = self._send_now
         if send_now is None or self._sending or self._finished.is_set():
             return False
-        events_of, piece_of, limit = self._writer.events_of, self._pieces.of, self._frame_max
+        frame_of, limit = self._event_frames.of, self._frame_max
         while updates := sub.take_updates(limit):
             try:
-                sent = send_now(events_of(sub_id, [piece_of(u) for u in updates]))
+                sent = send_now(frame_of(sub_id, updates))
             except Exception:
                 log.exception("writing to a stream of %s failed; its pump goes on", sub.channel)
                 sent = False

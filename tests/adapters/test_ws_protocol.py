@@ -16,6 +16,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
+from gateway.adapters.ws_frames import wire_frame
 from gateway.adapters.ws_protocol import send_now_of
 from tests.adapters.uvicorn_serving import serving
 
@@ -45,7 +46,7 @@ class Script:
         assert send_now is not None
         await ws.receive()  # the client is ready (and then stops reading)
         i = 0
-        while i < MAX_FRAMES and send_now(frame(i)):
+        while i < MAX_FRAMES and send_now(wire_frame(frame(i))):
             i += 1
         self.refused_at = i
         self.paused.set()
@@ -53,12 +54,12 @@ class Script:
             await ws.send_text(frame(j))
         sent_now = 0
         for j in range(i + 5, i + 10):
-            if send_now(frame(j)):
+            if send_now(wire_frame(frame(j))):
                 sent_now += 1
             else:
                 await ws.send_text(frame(j))
         await ws.close()
-        self.after_close = send_now(frame(i + 10))
+        self.after_close = send_now(wire_frame(frame(i + 10)))
         self.done.set()
 
 
@@ -112,7 +113,7 @@ async def _sizes_endpoint(ws: WebSocket) -> None:
     for size in SIZES:
         text, binary = "t" * size, bytes([size % 251]) * size
         for frame_ in (text, binary):
-            if not send_now(frame_):  # the buffer is over its mark: the ASGI send waits
+            if not send_now(wire_frame(frame_)):  # the buffer is over its mark: the ASGI send waits
                 if isinstance(frame_, str):
                     await ws.send_text(frame_)
                 else:

@@ -1,0 +1,98 @@
+"""Wire frames and the ``events`` frames shared by connections (:mod:`gateway.adapters.ws_frames`).
+
+- a wire frame is the RFC 6455 header of its length (7-bit, 16-bit, 64-bit form) and the
+  payload, parsed back by the websockets library's own frame reader;
+- an ``events`` frame kept for one (update, subscription id) is built once, is never handed to
+  another subscription id, another update or a frame of several updates, and stays right
+  across the cache being cleared.
+"""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+import pytest
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+from gateway.adapters.stream_items import UpdatePieces
+from gateway.adapters.ws_frames import EventFrames, WireFrame, wire_frame
+from gateway.core.cursor import Cursor, CursorCodec
+from gateway.core.ids import Epoch
+from gateway.core.stream_protocol import Encoding, FrameWriter
+from gateway.flows.subscription import Update
+from tests.adapters.test_downstream_log import INV, rec
+
+EPOCH = Epoch("e1")
+CODEC = CursorCodec(b"k" * 32)
+CHANNEL = "inventory:s1"
+
+
+def parse(frame: WireFrame) -> Frame:
+    """The frame as a websockets client reads it."""
+    reader = StreamReader()
+    reader.feed_data(frame.wire)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=False)
+    try:
+        next(parser)
+    except StopIteration as done:
+        parsed: Frame = done.value
+        assert reader.at_eof()  # nothing after the payload
+        return parsed
+    raise AssertionError("the frame is incomplete")
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65_535, 65_536, 70_000])
+def test_wire_frames_parse_back_text_and_binary(size: int) -> None:
+    text = wire_frame("é" * (size // 2) + "t" * (size % 2))
+    parsed = parse(text)
+    assert (parsed.opcode, parsed.fin, parsed.data) == (Opcode.TEXT, True, text.payload)
+    assert text.payload.decode() == "é" * (size // 2) + "t" * (size % 2)
+    binary = wire_frame(bytes([size % 251]) * size)
+    parsed = parse(binary)
+    assert (parsed.opcode, parsed.fin, parsed.data) == (Opcode.BINARY, True, binary.payload)
+    assert binary.payload == bytes([size % 251]) * size
+
+
+def updates(count: int) -> list[Update]:
+    return [
+        Update(rec(INV, 0, offset, CHANNEL), Cursor(EPOCH, {INV: {0: offset + 1}}))
+        for offset in range(count)
+    ]
+
+
+def decoded(frame: WireFrame, encoding: Encoding) -> dict[str, object]:
+    parsed = parse(frame)
+    if encoding is Encoding.JSON:
+        assert parsed.opcode is Opcode.TEXT
+        value: dict[str, object] = json.loads(bytes(parsed.data))
+    else:
+        assert parsed.opcode is Opcode.BINARY
+        value = msgpack.unpackb(parsed.data, raw=False)
+    return value
+
+
+def expected(sub: str, batch: list[Update], writer: FrameWriter) -> dict[str, object]:
+    pieces = UpdatePieces(writer, CODEC)
+    frame = wire_frame(writer.events_of(sub, [pieces.of(u) for u in batch]))
+    return decoded(frame, writer.encoding)
+
+
+@pytest.mark.parametrize("encoding", list(Encoding))
+def test_event_frames_are_shared_per_update_and_sub_id_only(encoding: Encoding) -> None:
+    writer = FrameWriter(encoding)
+    frames = EventFrames(writer, UpdatePieces(writer, CODEC), max_entries=3)
+    batch = updates(4)
+    first = frames.of("a", [batch[0]])
+    assert frames.of("a", [batch[0]]) is first  # built once for every connection
+    for _ in range(2):  # the cache fills and is cleared along the way
+        for update in batch:
+            for sub in ("a", "b"):
+                got = decoded(frames.of(sub, [update]), encoding)
+                assert got == expected(sub, [update], writer)
+                assert got["sub"] == sub
+    several = decoded(frames.of("a", batch[:3]), encoding)
+    assert several == expected("a", batch[:3], writer)
+    assert decoded(frames.of("a", batch[:1]), encoding) == expected("a", batch[:1], writer)
