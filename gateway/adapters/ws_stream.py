@@ -149,6 +149,27 @@ class StreamEndpoint:
 
 
 class _Connection:
+    __slots__ = (
+        "_close",
+        "_e",
+        "_ended",
+        "_errors",
+        "_event_frames",
+        "_finished",
+        "_frame_max",
+        "_loop",
+        "_pieces",
+        "_principal",
+        "_progress_at",
+        "_pumps",
+        "_send_now",
+        "_sending",
+        "_stall_timer",
+        "_subs",
+        "_writer",
+        "_ws",
+    )
+
     def __init__(
         self,
         endpoint: StreamEndpoint,
@@ -167,6 +188,8 @@ class _Connection:
         self._errors = 0
         self._close: tuple[CloseCode, str] | None = None
         self._finished = asyncio.Event()
+        self._ended = False
+        """``_finished`` is set (a flag: the writer checks it for every frame)."""
         self._loop = asyncio.get_running_loop()
         self._sending = 0
         """Sends in flight (each pump and the reader may have one)."""
@@ -212,6 +235,10 @@ class _Connection:
     def _finish(self, code: CloseCode, reason: str) -> None:
         if self._close is None:
             self._close = (code, reason)
+        self._end()
+
+    def _end(self) -> None:
+        self._ended = True
         self._finished.set()
 
     async def _send(self, frame: str | bytes) -> None:
@@ -236,7 +263,7 @@ class _Connection:
         try:
             await self._ws.send(message)
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
-            self._finished.set()
+            self._end()
             raise _Gone from exc
         finally:
             self._sending -= 1
@@ -249,7 +276,7 @@ class _Connection:
         for the same socket buffer: when it drains they all go on). Its pumps, blocked in
         their sends, are cancelled by :meth:`run`."""
         self._stall_timer = None
-        if not self._sending or self._finished.is_set():
+        if not self._sending or self._ended:
             return  # re-armed by the next send
         stall = self._e.settings.send_stall_timeout_s
         due = self._progress_at + stall
@@ -337,14 +364,14 @@ class _Connection:
         if self._send_now is not None:
             sub.writer = functools.partial(self._write_now, command.sub)
 
-    def _write_now(self, sub_id: str, sub: Subscription) -> bool:
+    def _write_now(self, sub_id: str, sub: Subscription) -> None:
         """The subscription's :data:`~gateway.flows.subscription.Writer`: its queued updates as
         ``events`` frames, while the socket takes them and no other send waits (a waiting frame
         is never overtaken). Runs in the consumer's cycle, so it never raises."""
         send_now = self._send_now
-        if send_now is None or self._sending or self._finished.is_set():
-            return False
-        frame_of, limit = self._event_frames.of, self._frame_max
+        if send_now is None or self._sending or self._ended:
+            return
+        frame_of, limit, count = self._event_frames.of, self._frame_max, self._e.count_updates
         while updates := sub.take_updates(limit):
             try:
                 sent = send_now(frame_of(sub_id, updates))
@@ -353,11 +380,10 @@ class _Connection:
                 sent = False
             if not sent:
                 sub.unread(updates)
-                return False
-            self._e.count_updates(len(updates))
+                return
+            count(len(updates))
             if len(updates) < limit:
-                break  # the queue is empty or a marker leads it
-        return sub.queued == 0
+                return  # the queue is empty or a marker leads it
 
     async def _publish(self, command: Publish) -> None:
         try:

@@ -63,9 +63,9 @@ the cursor is past the record. Keyed by value: :meth:`Cursor.advance` is a pure 
 cursor's value and the record, so equal cursors get equal results."""
 
 
-Writer: TypeAlias = "Callable[[Subscription], bool]"
-"""Writes queued updates of a subscription now, as far as its socket takes them; ``True`` when
-the queue is then empty."""
+Writer: TypeAlias = "Callable[[Subscription], None]"
+"""Writes queued updates of a subscription now, as far as its socket takes them (what is left in
+the queue wakes the adapter's loop)."""
 
 Touched = dict["Subscription", None]
 """Subscriptions given records in one :meth:`Fanout.on_records` call, in order."""
@@ -84,6 +84,27 @@ class Subscription:
 
     Its private methods (``_deliver``, ``_wait_for_room``, ``_go_live``, ``_reset``, ``_end``)
     are driven by the fan-out and its :class:`~gateway.flows.replayer.Replayer` only."""
+
+    __slots__ = (
+        "_announced_live",
+        "_max",
+        "_on_close",
+        "_on_fall_behind",
+        "_parked",
+        "_pending",
+        "_pending_dropped",
+        "_queue",
+        "_ready",
+        "_room",
+        "channel",
+        "closed_reason",
+        "cursor",
+        "fell_behind",
+        "state",
+        "task",
+        "topics",
+        "writer",
+    )
 
     def __init__(
         self,
@@ -188,8 +209,11 @@ class Subscription:
         """After a batch of live records: write now what the writer can, wake the adapter's
         loop for the rest."""
         writer = self.writer
-        if not (self._parked and writer is not None and writer(self)):
-            self._ready.set()
+        if self._parked and writer is not None:
+            writer(self)
+            if not self._queue:
+                return
+        self._ready.set()
 
     async def _wait_for_room(self) -> int:
         """Free slots in the queue, waiting until there is at least one."""

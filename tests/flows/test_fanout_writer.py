@@ -26,15 +26,14 @@ class Socket:
         self.frames: list[list[int]] = []
         self.calls = 0
 
-    def __call__(self, sub: Subscription) -> bool:
+    def __call__(self, sub: Subscription) -> None:
         self.calls += 1
         while updates := sub.take_updates(self.per_frame):
             if self.room <= 0:
                 sub.unread(updates)
-                return False
+                return
             self.room -= 1
             self.frames.append([u.record.offset for u in updates])
-        return sub.queued == 0
 
     @property
     def written(self) -> list[int]:
