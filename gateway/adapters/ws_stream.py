@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import math
 import time
@@ -166,6 +165,7 @@ class _Connection:
         "_sending",
         "_stall_timer",
         "_subs",
+        "_write_now_of",
         "_writer",
         "_ws",
     )
@@ -187,10 +187,11 @@ class _Connection:
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._errors = 0
         self._close: tuple[CloseCode, str] | None = None
-        self._finished = asyncio.Event()
-        self._ended = False
-        """``_finished`` is set (a flag: the writer checks it for every frame)."""
         self._loop = asyncio.get_running_loop()
+        self._finished: asyncio.Future[None] = self._loop.create_future()
+        """Done when the connection is to end (awaited with the reader: no task of its own)."""
+        self._ended = False
+        """``_finished`` is done (a flag: the writer checks it for every frame)."""
         self._sending = 0
         """Sends in flight (each pump and the reader may have one)."""
         self._progress_at = 0.0
@@ -198,17 +199,17 @@ class _Connection:
         self._stall_timer: asyncio.TimerHandle | None = None
         self._send_now = send_now_of(websocket.scope)
         self._frame_max = endpoint.settings.frame_max_updates
+        self._write_now_of = self._write_now  # one bound method for all its subscriptions
 
     async def run(self) -> None:
         reader = asyncio.create_task(self._read_loop())
-        finished = asyncio.create_task(self._finished.wait())
-        expiry = asyncio.create_task(self._expire())
+        expiry = self._expiry_timer()
         try:
-            await asyncio.wait({reader, finished}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({reader, self._finished}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             reader.cancel()
-            finished.cancel()
-            expiry.cancel()
+            if expiry is not None:
+                expiry.cancel()
             if self._stall_timer is not None:
                 self._stall_timer.cancel()
             for sub in list(self._subs.values()):
@@ -225,12 +226,18 @@ class _Connection:
                 async with asyncio.timeout(self._e.settings.close_timeout_s):
                     await self._ws.close(int(code), reason)
 
-    async def _expire(self) -> None:
+    def _expiry_timer(self) -> asyncio.TimerHandle | None:
+        """A timer that closes the connection when its token expires (a timer, not a task:
+        a connection holds as few objects as it can)."""
         expires_at = self._principal.expires_at
         if expires_at is None or not math.isfinite(expires_at):
-            return
-        await asyncio.sleep(max(0.0, expires_at + self._e.settings.token_grace_s - time.time()))
-        self._finish(CloseCode.TOKEN_EXPIRED, "token expired: reconnect with a fresh token")
+            return None
+        return self._loop.call_later(
+            max(0.0, expires_at + self._e.settings.token_grace_s - time.time()),
+            self._finish,
+            CloseCode.TOKEN_EXPIRED,
+            "token expired: reconnect with a fresh token",
+        )
 
     def _finish(self, code: CloseCode, reason: str) -> None:
         if self._close is None:
@@ -239,7 +246,8 @@ class _Connection:
 
     def _end(self) -> None:
         self._ended = True
-        self._finished.set()
+        if not self._finished.done():
+            self._finished.set_result(None)
 
     async def _send(self, frame: str | bytes) -> None:
         # The socket takes it now (the usual case): written at once, without the ASGI chain.
@@ -362,9 +370,10 @@ class _Connection:
         self._e.metrics.stream_subscriptions.inc()
         self._pumps[command.sub] = asyncio.create_task(self._pump(command.sub, sub))
         if self._send_now is not None:
-            sub.writer = functools.partial(self._write_now, command.sub)
+            sub.tag = command.sub
+            sub.writer = self._write_now_of
 
-    def _write_now(self, sub_id: str, sub: Subscription) -> None:
+    def _write_now(self, sub: Subscription) -> None:
         """The subscription's :data:`~gateway.flows.subscription.Writer`: its queued updates as
         ``events`` frames, while the socket takes them and no other send waits (a waiting frame
         is never overtaken). Runs in the consumer's cycle, so it never raises."""
@@ -374,7 +383,7 @@ class _Connection:
         frame_of, limit, count = self._event_frames.of, self._frame_max, self._e.count_updates
         while updates := sub.take_updates(limit):
             try:
-                sent = send_now(frame_of(sub_id, updates))
+                sent = send_now(frame_of(sub.tag, updates))
             except Exception:
                 log.exception("writing to a stream of %s failed; its pump goes on", sub.channel)
                 sent = False

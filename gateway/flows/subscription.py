@@ -101,6 +101,7 @@ class Subscription:
         "cursor",
         "fell_behind",
         "state",
+        "tag",
         "task",
         "topics",
         "writer",
@@ -136,6 +137,8 @@ class Subscription:
         self._announced_live = False
         self._parked = False  # the adapter waits in next_item, holding no item
         self.task: asyncio.Task[None] | None = None
+        self.tag = ""
+        """The adapter's name for the subscription (the client's subscription id)."""
         self.writer: Writer | None = None
         """Set by an adapter that writes synchronously (module docstring); ``None``: every
         item goes through :meth:`next_item`."""
