@@ -192,6 +192,14 @@ def main() -> None:
         help="offer permessage-deflate (the gateway accepts it when offered)",
     )
     parser.add_argument(
+        "--sub-ids",
+        choices=["shared", "distinct"],
+        default="shared",
+        help="the subscription id each client gives: the same for all (as one app's clients"
+        " do; the gateway then builds each update's frame once) or its own (one frame built"
+        " per connection)",
+    )
+    parser.add_argument(
         "--client",
         choices=["raw", "websockets"],
         default="raw",

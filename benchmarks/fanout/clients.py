@@ -53,6 +53,7 @@ OFFSET_MARK = '"offset":'
 class Client:
     index: int
     channel: int
+    sub: str = "c"
     ws: ClientConnection | RawWebSocket | None = None
     task: asyncio.Task[None] | None = None
     cursor: str | None = None
@@ -104,10 +105,15 @@ class ClientWorker:
         timeout_s: float,
         compression: str | None,
         client: str,
+        distinct_subs: bool = False,
     ) -> dict[str, Any]:
-        """Open one connection per ``(index, channel)``, subscribe from now; wait until each
-        is live (or ``timeout_s``)."""
-        self.clients = [Client(index, channel) for index, channel in channels]
+        """Open one connection per ``(index, channel)``, subscribe from now (as subscription
+        ``c``, or ``c<index>`` with ``distinct_subs``); wait until each is live (or
+        ``timeout_s``)."""
+        self.clients = [
+            Client(index, channel, sub=f"c{index}" if distinct_subs else "c")
+            for index, channel in channels
+        ]
         self.tally, self.live, self.closes = Tally(), 0, Counter()
         self.verify_phase = None
         return await self._open_all(url, concurrency, timeout_s, compression, client, resume=False)
@@ -360,7 +366,7 @@ def subscribe_frame(c: Client, resume: bool) -> str:
     return json.dumps(
         {
             "type": "subscribe",
-            "sub": "c",
+            "sub": c.sub,
             "channel": f"inventory:s-{c.channel}",
             "cursor": c.cursor if resume else None,
         }

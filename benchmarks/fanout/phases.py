@@ -99,6 +99,7 @@ async def connect_all(workers: Workers, url: str, shape: Shape, args: argparse.N
             "timeout_s": args.connect_timeout,
             "compression": args.compression,
             "client": args.client,
+            "distinct_subs": args.sub_ids == "distinct",
             **share,
         }
         for share in shape.assignment()

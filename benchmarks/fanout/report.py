@@ -61,7 +61,8 @@ def report(
     section(
         f"results: updates/s delivered (sum over clients), ratio to the baseline, latency from"
         f" produce to client receipt ({args.channels} channels, {size}-byte events frames,"
-        f" JSON subprotocol, compression {args.compression or 'off'}; {args.workers} client"
+        f" JSON subprotocol, compression {args.compression or 'off'}, subscription ids"
+        f" {args.sub_ids}; {args.workers} client"
         f" processes ({client_name(args)} client); broker, gateway, producer and clients"
         f" share {os.cpu_count()} cores"
         + (f"; after {args.warmup:g}s of gateway traffic not measured" if args.warmup else "")
