@@ -274,6 +274,9 @@ class Subscriber:
         finally:
             self._ws = self._session = None
             self._by_sub.clear()
+            # Ids name subscriptions within one connection: numbered from c1 on each, so the
+            # clients of an app send the same ids and the gateway builds a frame once for all.
+            self._next_sub = 0
             for entry in self._channels.values():
                 entry.sub, entry.live = None, False
 

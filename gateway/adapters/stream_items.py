@@ -75,10 +75,10 @@ class UpdatePieces:
     def __init__(self, writer: FrameWriter, codec: CursorCodec, max_entries: int = 8192) -> None:
         self._writer = writer
         self._codec = codec
-        self._entries: dict[int, tuple[Update, str | bytes]] = {}
+        self._entries: dict[int, tuple[Update, bytes]] = {}
         self._max = max_entries
 
-    def of(self, update: Update) -> str | bytes:
+    def of(self, update: Update) -> bytes:
         entry = self._entries.get(id(update))
         if entry is not None and entry[0] is update:
             return entry[1]

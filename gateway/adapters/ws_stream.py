@@ -37,7 +37,7 @@ from gateway.adapters.stream_items import (
     rate_limited_frame,
     reset_label,
 )
-from gateway.adapters.ws_frames import EventFrames, wire_frame
+from gateway.adapters.ws_frames import TEXT, EventFrames, WireFrame, wire_frame
 from gateway.adapters.ws_protocol import send_now_of
 from gateway.core.authz import Principal
 from gateway.core.cursor import CursorCodec
@@ -157,7 +157,6 @@ class _Connection:
         "_finished",
         "_frame_max",
         "_loop",
-        "_pieces",
         "_principal",
         "_progress_at",
         "_pumps",
@@ -180,7 +179,6 @@ class _Connection:
         self._e = endpoint
         self._ws = websocket
         self._writer = writer
-        self._pieces = endpoint.pieces[writer.encoding]
         self._event_frames = endpoint.event_frames[writer.encoding]
         self._principal = principal
         self._subs: dict[str, Subscription] = {}
@@ -249,15 +247,16 @@ class _Connection:
         if not self._finished.done():
             self._finished.set_result(None)
 
-    async def _send(self, frame: str | bytes) -> None:
+    async def _send(self, frame: str | bytes | WireFrame) -> None:
+        wire = frame if isinstance(frame, WireFrame) else wire_frame(frame)
         # The socket takes it now (the usual case): written at once, without the ASGI chain.
         # Not while another send waits, so that a waiting frame is not overtaken.
-        if not self._sending and self._send_now is not None and self._send_now(wire_frame(frame)):
+        if not self._sending and self._send_now is not None and self._send_now(wire):
             return
         message = (
-            {"type": "websocket.send", "text": frame}
-            if isinstance(frame, str)
-            else {"type": "websocket.send", "bytes": frame}
+            {"type": "websocket.send", "text": wire.payload.decode()}
+            if wire.opcode == TEXT
+            else {"type": "websocket.send", "bytes": wire.payload}
         )
         # Stall detection without a timeout per send (``asyncio.timeout`` costs a timer per
         # frame, more than the rest of the send): one timer per connection, re-armed lazily.
@@ -437,15 +436,15 @@ class _Connection:
     ) -> bool:
         """Write queued items as frames (runs of updates as one ``events`` frame); return
         whether a reset was among them."""
-        writer, codec, piece_of = self._writer, self._e.codec, self._pieces.of
-        batch: list[str | bytes] = []
+        writer, codec, frame_of = self._writer, self._e.codec, self._event_frames.of
+        batch: list[Update] = []
         reset = False
         for item in items:
             if isinstance(item, Update):
-                batch.append(piece_of(item))
+                batch.append(item)
                 continue
             if batch:
-                await self._send(writer.events_of(sub_id, batch))
+                await self._send(frame_of(sub_id, batch))
                 self._e.count_updates(len(batch))
                 batch = []
             if isinstance(item, CaughtUp):
@@ -455,6 +454,6 @@ class _Connection:
                 self._e.metrics.stream_resets.labels(reset_label(item.reason)).inc()
                 await self._send(writer.reset(sub_id, sub.channel, item.reason))
         if batch:
-            await self._send(writer.events_of(sub_id, batch))
+            await self._send(frame_of(sub_id, batch))
             self._e.count_updates(len(batch))
         return reset

@@ -42,7 +42,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Final, NamedTuple, cast
+from typing import Final, NamedTuple
 
 import msgpack
 
@@ -215,19 +215,23 @@ class UpdateView(NamedTuple):
 
 class FrameWriter:
     """Builds server frames in one encoding: ``str`` for JSON (text frames), ``bytes`` for
-    msgpack (binary frames).
+    msgpack (binary frames). ``events`` frames built from pieces (:meth:`events_of`) come as
+    encoded bytes in both encodings.
 
     Record values are JSON already: the JSON writer embeds them without parsing; the msgpack
     writer parses each value once and keeps the latest ``cache_size`` of them, since one
     record usually goes to many subscribers. One writer serves every connection of an encoding.
     """
 
-    def __init__(self, encoding: Encoding, cache_size: int = 4096) -> None:
+    def __init__(
+        self, encoding: Encoding, cache_size: int = 4096, sub_cache_size: int = 65_536
+    ) -> None:
         self.encoding = encoding
         self._cache: OrderedDict[tuple[str, int, int, bytes], object] = OrderedDict()
         self._cache_size = cache_size
         self._json_heads: dict[tuple[str, int, int, bytes], str] = {}
-        self._events_heads: dict[str, str] = {}
+        self._sub_cache_size = sub_cache_size
+        self._events_prefixes: dict[str, bytes] = {}
 
     def frame(self, obj: dict[str, object]) -> str | bytes:
         """Any server frame from a plain object."""
@@ -271,38 +275,41 @@ class FrameWriter:
 
     def events(self, sub: str, updates: Sequence[UpdateView]) -> str | bytes:
         """One ``events`` frame with the updates in order."""
-        return self.events_of(sub, [self.update_piece(u) for u in updates])
+        payload = self.events_of(sub, [self.update_piece(u) for u in updates])
+        return payload.decode() if self.encoding is Encoding.JSON else payload
 
-    def update_piece(self, u: UpdateView) -> str | bytes:
-        """One update encoded as it goes in an ``events`` frame (JSON text or packed msgpack):
-        a pure function of the update, so the caller may build it once for every subscriber
-        that gets the same update and pass the pieces to :meth:`events_of`."""
+    def update_piece(self, u: UpdateView) -> bytes:
+        """One update encoded as it goes in an ``events`` frame (JSON as UTF-8, or packed
+        msgpack): a pure function of the update, so the caller may build it once for every
+        subscriber that gets the same update and pass the pieces to :meth:`events_of`."""
         if self.encoding is Encoding.JSON:
-            return self._update_json(u)
+            return self._update_json(u).encode()
         packed: bytes = msgpack.packb(self._objects((u,))[0], use_bin_type=True)
         return packed
 
-    def events_of(self, sub: str, pieces: Sequence[str | bytes]) -> str | bytes:
-        """:meth:`events` from the updates' :meth:`update_piece` (in order): the same frame."""
+    def events_of(self, sub: str, pieces: Sequence[bytes]) -> bytes:
+        """:meth:`events` from the updates' :meth:`update_piece` (in order), encoded (UTF-8
+        for JSON): the same frame."""
+        prefix, separator, suffix = self.events_parts(sub, len(pieces))
+        return b"".join((prefix, separator.join(pieces), suffix))
+
+    def events_parts(self, sub: str, count: int) -> tuple[bytes, bytes, bytes]:
+        """``(prefix, separator, suffix)`` of an ``events`` frame of ``count`` pieces:
+        ``prefix + separator.join(pieces) + suffix`` is :meth:`events_of`, so a caller can
+        join them with other bytes (a websocket header) in one copy. The part that names
+        ``sub`` is kept per subscription id (up to ``sub_cache_size`` of them)."""
+        prefix = self._events_prefixes.get(sub)
+        if prefix is None:
+            if self.encoding is Encoding.JSON:
+                prefix = f'{{"type":"events","sub":{json.dumps(sub)},"events":['.encode()
+            else:  # {"type": "events", "sub": sub, "events": [...]}
+                prefix = _EVENTS_HEAD + msgpack.packb(sub, use_bin_type=True) + _MSGPACK_EVENTS_KEY
+            if len(self._events_prefixes) >= self._sub_cache_size:
+                self._events_prefixes.clear()
+            self._events_prefixes[sub] = prefix
         if self.encoding is Encoding.JSON:
-            items = ",".join(cast("Sequence[str]", pieces))
-            head = self._events_heads.get(sub)
-            if head is None:
-                head = f'{{"type":"events","sub":{json.dumps(sub)},"events":['
-                if len(self._events_heads) >= self._cache_size:
-                    self._events_heads.clear()
-                self._events_heads[sub] = head
-            return f"{head}{items}]}}"
-        # {"type": "events", "sub": sub, "events": [...]}, with the updates packed already
-        return b"".join(
-            (
-                _EVENTS_HEAD,
-                msgpack.packb(sub, use_bin_type=True),
-                _MSGPACK_EVENTS_KEY,
-                _msgpack_array_header(len(pieces)),
-                *cast("Sequence[bytes]", pieces),
-            )
-        )
+            return prefix, b",", b"]}"
+        return prefix + _msgpack_array_header(count), b"", b""
 
     def _update_json(self, u: UpdateView) -> str:
         """:func:`_update_json`, with the part before the cursor built once per record (one

@@ -2,9 +2,9 @@
 
 - a wire frame is the RFC 6455 header of its length (7-bit, 16-bit, 64-bit form) and the
   payload, parsed back by the websockets library's own frame reader;
-- an ``events`` frame kept for one (update, subscription id) is built once, is never handed to
-  another subscription id, another update or a frame of several updates, and stays right
-  across the cache being cleared.
+- an ``events`` frame kept for one (update, subscription id) is built once (for the update's
+  first ``ids_per_update`` ids), is never handed to another subscription id, another update
+  or a frame of several updates, and stays right across the cache being cleared.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from gateway.adapters.stream_items import UpdatePieces
+from gateway.adapters.stream_items import UpdatePieces, update_view
 from gateway.adapters.ws_frames import EventFrames, WireFrame, wire_frame
 from gateway.core.cursor import Cursor, CursorCodec
 from gateway.core.ids import Epoch
@@ -75,21 +75,25 @@ def decoded(frame: WireFrame, encoding: Encoding) -> dict[str, object]:
 
 
 def expected(sub: str, batch: list[Update], writer: FrameWriter) -> dict[str, object]:
-    pieces = UpdatePieces(writer, CODEC)
-    frame = wire_frame(writer.events_of(sub, [pieces.of(u) for u in batch]))
+    """The frame as the writer builds it from the updates alone (no pieces, no cache)."""
+    frame = wire_frame(
+        FrameWriter(writer.encoding).events(sub, [update_view(u, CODEC) for u in batch])
+    )
     return decoded(frame, writer.encoding)
 
 
 @pytest.mark.parametrize("encoding", list(Encoding))
 def test_event_frames_are_shared_per_update_and_sub_id_only(encoding: Encoding) -> None:
     writer = FrameWriter(encoding)
-    frames = EventFrames(writer, UpdatePieces(writer, CODEC), max_entries=3)
+    frames = EventFrames(writer, UpdatePieces(writer, CODEC), max_entries=3, ids_per_update=2)
     batch = updates(4)
     first = frames.of("a", [batch[0]])
     assert frames.of("a", [batch[0]]) is first  # built once for every connection
+    assert frames.of("b", [batch[0]]) is frames.of("b", [batch[0]])
+    assert frames.of("c", [batch[0]]) is not frames.of("c", [batch[0]])  # over ids_per_update
     for _ in range(2):  # the cache fills and is cleared along the way
         for update in batch:
-            for sub in ("a", "b"):
+            for sub in ("a", "b", "c", "a"):
                 got = decoded(frames.of(sub, [update]), encoding)
                 assert got == expected(sub, [update], writer)
                 assert got["sub"] == sub

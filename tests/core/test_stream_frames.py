@@ -1,6 +1,7 @@
 """``events`` frames built from pre-encoded updates (:meth:`FrameWriter.update_piece` and
-:meth:`FrameWriter.events_of`) are the frames :meth:`FrameWriter.events` builds, byte for byte,
-and decode to the updates in order with their own cursors."""
+:meth:`FrameWriter.events_of`, or its :meth:`FrameWriter.events_parts` joined by hand) are the
+frames :meth:`FrameWriter.events` builds, byte for byte (encoded), and decode to the updates in
+order with their own cursors."""
 
 from __future__ import annotations
 
@@ -27,13 +28,17 @@ def views(count: int) -> list[UpdateView]:
     ]
 
 
-def decode(frame: str | bytes, encoding: Encoding) -> dict[str, object]:
+def encoded(frame: str | bytes, encoding: Encoding) -> bytes:
+    """A frame of :meth:`FrameWriter.events`: text for JSON, bytes for msgpack."""
     if encoding is Encoding.JSON:
         assert isinstance(frame, str)
-        decoded = json.loads(frame)
-    else:
-        assert isinstance(frame, bytes)
-        decoded = msgpack.unpackb(frame, raw=False)
+        return frame.encode()
+    assert isinstance(frame, bytes)
+    return frame
+
+
+def decode(frame: bytes, encoding: Encoding) -> dict[str, object]:
+    decoded = json.loads(frame) if encoding is Encoding.JSON else msgpack.unpackb(frame)
     assert isinstance(decoded, dict)
     return decoded
 
@@ -44,8 +49,11 @@ def test_events_of_pieces_is_the_events_frame(encoding: Encoding, count: int) ->
     writer = FrameWriter(encoding)
     updates = views(count)
     reference = FrameWriter(encoding)  # a fresh writer: nothing cached
-    built = writer.events_of("sub-1", [writer.update_piece(u) for u in updates])
-    assert built == reference.events("sub-1", updates)
+    pieces = [writer.update_piece(u) for u in updates]
+    built = writer.events_of("sub-1", pieces)
+    assert built == encoded(reference.events("sub-1", updates), encoding)
+    prefix, separator, suffix = writer.events_parts("sub-1", count)
+    assert prefix + separator.join(pieces) + suffix == built
     frame = decode(built, encoding)
     assert frame["type"] == "events"
     assert frame["sub"] == "sub-1"
@@ -65,7 +73,7 @@ def test_pieces_are_shared_across_subscription_ids(encoding: Encoding) -> None:
     writer = FrameWriter(encoding)
     updates = views(5)
     pieces = [writer.update_piece(u) for u in updates]
-    for sub in ("a", "b", 'q"uote', "a"):
+    for sub in ("a", "b", 'q"uote', "é", "a", "b"):
         frame = writer.events_of(sub, pieces)
-        assert frame == FrameWriter(encoding).events(sub, updates)
+        assert frame == encoded(FrameWriter(encoding).events(sub, updates), encoding)
         assert decode(frame, encoding)["sub"] == sub
