@@ -197,6 +197,40 @@ async def test_reset_frame_rebuilds_resubscribes_and_a_1008_close_stops_the_loop
     assert states[-1].close_code == 1008
 
 
+async def test_subscription_ids_are_numbered_per_connection(store: CursorStore) -> None:
+    """Each connection names its subscriptions from ``c1`` (ids are unique per connection;
+    alike across clients, they let the gateway build each update's frame once)."""
+    ids: list[list[str]] = []
+
+    async def scripted(ws: ServerConnection) -> None:
+        mine: list[str] = []
+        ids.append(mine)
+        for _ in range(2):
+            frame = json.loads(await ws.recv())
+            mine.append(str(frame["sub"]))
+            await ws.send(
+                json.dumps({"type": "subscribed", "sub": frame["sub"], "channel": frame["channel"]})
+            )
+        await ws.close(1011 if len(ids) == 1 else 1008, "scripted")
+
+    async with serve(
+        scripted, "127.0.0.1", 0, subprotocols=[Subprotocol("sync-gateway.v1.json")]
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        subscriber = Subscriber(
+            f"ws://127.0.0.1:{port}/v1/stream",
+            store,
+            encoding="json",
+            backoff=Backoff(base=0.01, cap=0.05),
+        )
+        subscriber.subscribe("inventory:s1", record)
+        subscriber.subscribe("inventory:s2", record)
+        async with asyncio.timeout(10):
+            with pytest.raises(StreamClosedByPolicy, match="1008"):
+                await subscriber.run()
+    assert ids == [["c1", "c2"], ["c1", "c2"]]
+
+
 # -- the subscriber against a real gateway --------------------------------------------------
 
 
