@@ -55,7 +55,7 @@ class WireFrame(NamedTuple):
 
     @property
     def payload(self) -> bytes:
-        """The payload alone (a copy: only connections with an extension need it)."""
+        """The payload alone (a copy: for a connection with an extension, or the ASGI send)."""
         return self.wire[self.header_length :]
 
 
