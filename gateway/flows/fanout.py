@@ -96,6 +96,8 @@ class Fanout:
             crash_hook=crash_hook,
         )
         self._by_channel: dict[str, set[Subscription]] = {}
+        # One bound method each for all subscriptions (not two objects per subscription).
+        self._on_close, self._on_fall_behind = self._detach, self._catch_up
 
     @property
     def epoch(self) -> Epoch | None:
@@ -119,13 +121,12 @@ class Fanout:
         if not valid_channel(channel):
             raise ValueError(f"invalid channel {channel!r:.80}")
         topics = None if self._topics_for is None else frozenset(self._topics_for(channel))
+        rest = (self._max, self._on_close, self._on_fall_behind, topics)
         if cursor is None and self._now is not None and self._epoch is not None:
-            start = cursor_at(self._epoch, self._now())
-            sub = Subscription(channel, start, self._max, self._detach, self._catch_up, topics)
+            sub = Subscription(channel, cursor_at(self._epoch, self._now()), *rest)
             sub._caught_up()
         else:
-            start = cursor or Cursor(self._epoch or _UNKNOWN)
-            sub = Subscription(channel, start, self._max, self._detach, self._catch_up, topics)
+            sub = Subscription(channel, cursor or Cursor(self._epoch or _UNKNOWN), *rest)
             sub.task = asyncio.create_task(self._replayer.run(sub, from_now=cursor is None))
         self._by_channel.setdefault(channel, set()).add(sub)
         return sub

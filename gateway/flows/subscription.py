@@ -71,6 +71,36 @@ Touched = dict["Subscription", None]
 """Subscriptions given records in one :meth:`Fanout.on_records` call, in order."""
 
 
+class _Wakeup:
+    """Wakes the one task waiting on it: what ``asyncio.Event`` did here, without the flag
+    and the deque of waiters (a subscription holds two; an Event with its deque is 1.1 KiB and
+    three objects for the collector). Only a wait in progress is woken: the waiter checks its
+    condition before each wait, with no ``await`` in between."""
+
+    __slots__ = ("_waiter",)
+
+    def __init__(self) -> None:
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def wait(self) -> None:
+        """Until :meth:`set` is called (RuntimeError if another task waits already; one whose
+        wait was cancelled does not)."""
+        if self._waiter is not None and not self._waiter.done():
+            raise RuntimeError("a second task waits on the same wake-up")
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            if self._waiter is waiter:
+                self._waiter = None
+
+    def set(self) -> None:
+        """Wake the waiting task, if any."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 class SubscriptionClosed(Exception):
     """:meth:`Subscription.next_item` of an ended subscription with nothing left to hand out."""
 
@@ -130,8 +160,8 @@ class Subscription:
         self._queue: deque[Item] = deque()
         self._pending: list[LogRecord] = []  # live records seen while replaying
         self._pending_dropped = False
-        self._ready = asyncio.Event()
-        self._room = asyncio.Event()
+        self._ready = _Wakeup()
+        self._room = _Wakeup()
         self._on_close = on_close
         self._on_fall_behind = on_fall_behind
         self._announced_live = False
@@ -171,7 +201,6 @@ class Subscription:
                 return item
             if self.closed_reason is not None:
                 raise SubscriptionClosed(self.closed_reason)
-            self._ready.clear()
             self._parked = True
             try:
                 await self._ready.wait()
@@ -221,7 +250,6 @@ class Subscription:
     async def _wait_for_room(self) -> int:
         """Free slots in the queue, waiting until there is at least one."""
         while len(self._queue) >= self._max and self.state.delivers:
-            self._room.clear()
             await self._room.wait()
         return self._max - len(self._queue)
 
