@@ -151,7 +151,6 @@ class _Connection:
     __slots__ = (
         "_close",
         "_e",
-        "_ended",
         "_errors",
         "_event_frames",
         "_finished",
@@ -188,8 +187,6 @@ class _Connection:
         self._loop = asyncio.get_running_loop()
         self._finished: asyncio.Future[None] = self._loop.create_future()
         """Done when the connection is to end (awaited with the reader: no task of its own)."""
-        self._ended = False
-        """``_finished`` is done (a flag: the writer checks it for every frame)."""
         self._sending = 0
         """Sends in flight (each pump and the reader may have one)."""
         self._progress_at = 0.0
@@ -243,7 +240,6 @@ class _Connection:
         self._end()
 
     def _end(self) -> None:
-        self._ended = True
         if not self._finished.done():
             self._finished.set_result(None)
 
@@ -283,7 +279,7 @@ class _Connection:
         for the same socket buffer: when it drains they all go on). Its pumps, blocked in
         their sends, are cancelled by :meth:`run`."""
         self._stall_timer = None
-        if not self._sending or self._ended:
+        if not self._sending or self._finished.done():
             return  # re-armed by the next send
         stall = self._e.settings.send_stall_timeout_s
         due = self._progress_at + stall
@@ -377,7 +373,7 @@ class _Connection:
         ``events`` frames, while the socket takes them and no other send waits (a waiting frame
         is never overtaken). Runs in the consumer's cycle, so it never raises."""
         send_now = self._send_now
-        if send_now is None or self._sending or self._ended:
+        if send_now is None or self._sending or self._finished.done():
             return
         frame_of, limit, count = self._event_frames.of, self._frame_max, self._e.count_updates
         while updates := sub.take_updates(limit):

@@ -85,7 +85,7 @@ class _Wakeup:
     async def wait(self) -> None:
         """Until :meth:`set` is called (RuntimeError if another task waits already; one whose
         wait was cancelled does not)."""
-        if self._waiter is not None and not self._waiter.done():
+        if self.waiting:
             raise RuntimeError("a second task waits on the same wake-up")
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         try:
@@ -93,6 +93,12 @@ class _Wakeup:
         finally:
             if self._waiter is waiter:
                 self._waiter = None
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a task waits (and was not woken yet)."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
 
     def set(self) -> None:
         """Wake the waiting task, if any."""
@@ -120,7 +126,6 @@ class Subscription:
         "_max",
         "_on_close",
         "_on_fall_behind",
-        "_parked",
         "_pending",
         "_pending_dropped",
         "_queue",
@@ -165,7 +170,6 @@ class Subscription:
         self._on_close = on_close
         self._on_fall_behind = on_fall_behind
         self._announced_live = False
-        self._parked = False  # the adapter waits in next_item, holding no item
         self.task: asyncio.Task[None] | None = None
         self.tag = ""
         """The adapter's name for the subscription (the client's subscription id)."""
@@ -201,11 +205,7 @@ class Subscription:
                 return item
             if self.closed_reason is not None:
                 raise SubscriptionClosed(self.closed_reason)
-            self._parked = True
-            try:
-                await self._ready.wait()
-            finally:
-                self._parked = False
+            await self._ready.wait()  # parked: holding no item
 
     def take_ready(self, limit: int) -> list[Item]:
         """Up to ``limit`` items already queued, without waiting (to batch them in one frame)."""
@@ -241,7 +241,7 @@ class Subscription:
         """After a batch of live records: write now what the writer can, wake the adapter's
         loop for the rest."""
         writer = self.writer
-        if self._parked and writer is not None:
+        if writer is not None and self._ready.waiting:
             writer(self)
             if not self._queue:
                 return
