@@ -24,6 +24,7 @@ from typing import Final, NamedTuple
 from websockets.frames import Opcode
 
 from gateway.adapters.stream_items import UpdatePieces
+from gateway.core.cursor import CursorCodec
 from gateway.core.stream_protocol import Encoding, FrameWriter
 from gateway.flows.subscription import Update
 
@@ -86,13 +87,13 @@ class EventFrames:
     def __init__(
         self,
         writer: FrameWriter,
-        pieces: UpdatePieces,
+        codec: CursorCodec,
         max_entries: int = 8192,
         ids_per_update: int = 4,
     ):
         self._parts = writer.events_parts
         self._opcode = TEXT if writer.encoding is Encoding.JSON else BINARY
-        self._piece_of = pieces.of
+        self._piece_of = UpdatePieces(writer, codec).of
         self._entries: dict[int, tuple[Update, dict[str, WireFrame]]] = {}
         self._max = max_entries
         self._ids = ids_per_update

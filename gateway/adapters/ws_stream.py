@@ -31,7 +31,6 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from gateway.adapters.http_auth import principal_of
 from gateway.adapters.http_context import traceparent_of
 from gateway.adapters.stream_items import (
-    UpdatePieces,
     check_channel,
     decode_cursor,
     rate_limited_frame,
@@ -112,13 +111,7 @@ class StreamEndpoint:
         self.settings = settings or StreamSettings()
         self.limits = limits
         self.writers = {encoding: FrameWriter(encoding) for encoding in Encoding}
-        self.pieces = {
-            encoding: UpdatePieces(self.writers[encoding], codec) for encoding in Encoding
-        }
-        self.event_frames = {
-            encoding: EventFrames(self.writers[encoding], self.pieces[encoding])
-            for encoding in Encoding
-        }
+        self.event_frames = {e: EventFrames(self.writers[e], codec) for e in Encoding}
         self._unreported = 0
 
     def count_updates(self, count: int) -> None:

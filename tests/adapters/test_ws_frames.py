@@ -16,7 +16,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from gateway.adapters.stream_items import UpdatePieces, update_view
+from gateway.adapters.stream_items import update_view
 from gateway.adapters.ws_frames import EventFrames, WireFrame, wire_frame
 from gateway.core.cursor import Cursor, CursorCodec
 from gateway.core.ids import Epoch
@@ -85,7 +85,7 @@ def expected(sub: str, batch: list[Update], writer: FrameWriter) -> dict[str, ob
 @pytest.mark.parametrize("encoding", list(Encoding))
 def test_event_frames_are_shared_per_update_and_sub_id_only(encoding: Encoding) -> None:
     writer = FrameWriter(encoding)
-    frames = EventFrames(writer, UpdatePieces(writer, CODEC), max_entries=3, ids_per_update=2)
+    frames = EventFrames(writer, CODEC, max_entries=3, ids_per_update=2)
     batch = updates(4)
     first = frames.of("a", [batch[0]])
     assert frames.of("a", [batch[0]]) is first  # built once for every connection
