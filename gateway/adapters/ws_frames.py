@@ -7,7 +7,7 @@ connection without extensions. A connection with an extension (permessage-deflat
 payload and frames it itself.
 
 :class:`EventFrames` builds ``events`` frames in one copy (header, the part naming the
-subscription, the updates' pieces) and keeps those of one update by (update, subscription id).
+subscription, the updates' pieces) and keeps them by (updates, subscription id).
 Live, the fan-out hands one :class:`~gateway.flows.subscription.Update` object to every
 subscriber of a channel at the same cursor; clients of one app often name their subscriptions
 alike (the SDK numbers them per connection), so at 10k connections most of them send the very
@@ -71,15 +71,17 @@ def wire_frame(frame: str | bytes) -> WireFrame:
 
 
 class EventFrames:
-    """``events`` frames for one writer (one encoding), the one-update frames kept per update
-    for its first few subscription ids; see the module docstring.
+    """``events`` frames for one writer (one encoding), kept per updates for their first few
+    subscription ids; see the module docstring.
 
     A frame is joined in one copy: its header, the writer's :meth:`FrameWriter.events_parts`
-    around the updates' pieces (:class:`UpdatePieces`, built once per update). An update's
-    frames are kept for up to ``ids_per_update`` subscription ids: where every connection
+    around the updates' pieces (:class:`UpdatePieces`, built once per update). The frames of
+    the same updates (one update, or the same run of them: every subscriber of a channel at one
+    cursor is given the same Update objects, several when a batch holds several records of the
+    channel) are kept for up to ``ids_per_update`` subscription ids: where every connection
     names its subscription differently, keeping one frame per connection only churned memory
-    (it doubled the Python per frame). Entries are keyed by the update's ``id`` and hold the
-    update, so the id cannot be reused while the entry lives; when full, the cache is cleared
+    (it doubled the Python per frame). Entries are keyed by the updates' ``id`` and hold the
+    updates, so an id cannot be reused while its entry lives; when full, the cache is cleared
     (an update is live for one fan-out cycle)."""
 
     __slots__ = ("_entries", "_ids", "_max", "_opcode", "_parts", "_piece_of")
@@ -94,17 +96,20 @@ class EventFrames:
         self._parts = writer.events_parts
         self._opcode = TEXT if writer.encoding is Encoding.JSON else BINARY
         self._piece_of = UpdatePieces(writer, codec).of
-        self._entries: dict[int, tuple[Update, dict[str, WireFrame]]] = {}
+        self._entries: dict[object, tuple[object, dict[str, WireFrame]]] = {}
         self._max = max_entries
         self._ids = ids_per_update
 
     def of(self, sub_id: str, updates: Sequence[Update]) -> WireFrame:
         """The ``events`` frame of ``updates`` (in order) for subscription ``sub_id``."""
-        if len(updates) != 1:
-            return self._build(sub_id, updates)
-        update = updates[0]
-        entry = self._entries.get(id(update))
-        if entry is not None and entry[0] is update:
+        if len(updates) == 1:
+            held: object = updates[0]
+            key: object = id(held)
+        else:
+            held = tuple(updates)
+            key = tuple(map(id, held))
+        entry = self._entries.get(key)
+        if entry is not None:
             frames = entry[1]
             frame = frames.get(sub_id)
             if frame is not None:
@@ -113,7 +118,7 @@ class EventFrames:
             if len(self._entries) >= self._max:
                 self._entries.clear()
             frames = {}
-            self._entries[id(update)] = (update, frames)
+            self._entries[key] = (held, frames)
         frame = self._build(sub_id, updates)
         if len(frames) < self._ids:
             frames[sub_id] = frame

@@ -2,9 +2,10 @@
 
 - a wire frame is the RFC 6455 header of its length (7-bit, 16-bit, 64-bit form) and the
   payload, parsed back by the websockets library's own frame reader;
-- an ``events`` frame kept for one (update, subscription id) is built once (for the update's
-  first ``ids_per_update`` ids), is never handed to another subscription id, another update
-  or a frame of several updates, and stays right across the cache being cleared.
+- an ``events`` frame kept for (updates, subscription id) is built once (for the updates'
+  first ``ids_per_update`` ids), is never handed to another subscription id, other updates
+  (another one, another run, the same ones in another order, a part of them), and stays
+  right across the cache being cleared.
 """
 
 from __future__ import annotations
@@ -100,3 +101,20 @@ def test_event_frames_are_shared_per_update_and_sub_id_only(encoding: Encoding) 
     several = decoded(frames.of("a", batch[:3]), encoding)
     assert several == expected("a", batch[:3], writer)
     assert decoded(frames.of("a", batch[:1]), encoding) == expected("a", batch[:1], writer)
+
+
+@pytest.mark.parametrize("encoding", list(Encoding))
+def test_frames_of_several_updates_are_shared_per_run_and_sub_id(encoding: Encoding) -> None:
+    writer = FrameWriter(encoding)
+    frames = EventFrames(writer, CODEC, max_entries=4, ids_per_update=2)
+    batch = updates(4)
+    run = frames.of("a", batch[:2])
+    assert frames.of("a", list(batch[:2])) is run  # another list of the same updates
+    assert frames.of("b", batch[:2]) is not run
+    runs = [batch[:2], batch[1:3], batch[:3], [batch[1], batch[0]], batch[:1], batch[1:2]]
+    for _ in range(2):  # the cache fills and is cleared along the way
+        for each in runs:
+            for sub in ("a", "b", "c"):
+                assert decoded(frames.of(sub, each), encoding) == expected(sub, each, writer)
+    twins = updates(2)  # equal values, other objects: a frame of their own
+    assert frames.of("a", twins) is not frames.of("a", batch[:2])
