@@ -56,6 +56,14 @@ class GatewayWebSocketProtocol(DrainTolerantWebSocketProtocol):
         super().resume_writing()
         self._paused = False
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # The scope holds the bound send_now, which holds this protocol, which holds the scope:
+        # without this, every closed connection waited for the cycle collector.
+        scope = getattr(self, "scope", None)  # none before the handshake
+        if scope is not None:
+            scope["extensions"].pop(SEND_NOW, None)
+
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         if self.response.status_code == 101:  # else uvicorn refused it and made no scope

@@ -52,13 +52,7 @@ from gateway.core.stream_protocol import (
     choose_subprotocol,
     parse_frame,
 )
-from gateway.errors import (
-    AuthError,
-    FrameError,
-    GatewayError,
-    RateLimited,
-    RequestError,
-)
+from gateway.errors import AuthError, FrameError, GatewayError, RateLimited, RequestError
 from gateway.flows.fanout import Fanout
 from gateway.flows.ingest import IngestFlow
 from gateway.flows.limits import UNLIMITED, SubjectLimits
@@ -187,7 +181,8 @@ class _Connection:
         self._stall_timer: asyncio.TimerHandle | None = None
         self._send_now = send_now_of(websocket.scope)
         self._frame_max = endpoint.settings.frame_max_updates
-        self._write_now_of = self._write_now  # one bound method for all its subscriptions
+        self._write_now_of = self._write_now if self._send_now else None
+        """One bound method for all its subscriptions (``None`` once the connection ended)."""
 
     async def run(self) -> None:
         reader = asyncio.create_task(self._read_loop())
@@ -208,6 +203,11 @@ class _Connection:
             for task in (reader, *pumps):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            # Cycles (the bound writer, the subscriptions that hold it) would leave a closed
+            # connection to the cycle collector, whose pauses grow with the connections.
+            self._write_now_of = None
+            self._subs.clear()
+            self._pumps.clear()
         if self._close is not None:
             code, reason = self._close
             with contextlib.suppress(Exception):
@@ -357,7 +357,7 @@ class _Connection:
         self._subs[command.sub] = sub
         self._e.metrics.stream_subscriptions.inc()
         self._pumps[command.sub] = asyncio.create_task(self._pump(command.sub, sub))
-        if self._send_now is not None:
+        if self._write_now_of is not None:
             sub.tag = command.sub
             sub.writer = self._write_now_of
 
