@@ -76,3 +76,24 @@ async def cancel_after(start: Callable[[], Awaitable[object]], steps: int) -> No
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def ticks_during(work: Awaitable[object]) -> int:
+    """How many times a 1 ms ticker ran on the loop while ``work`` ran."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        for _ in range(100_000):  # bounded; cancelled well before
+            await asyncio.sleep(0.001)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0.01)
+    before = ticks
+    await work
+    during = ticks - before
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return during

@@ -106,17 +106,25 @@ class SqliteWriter:
     GIL back from an event loop busy writing frames. Under fan-out load an append of 200
     records took 60-90 ms that way, and 7-15 ms here. Being synchronous, a transaction is also
     whole whatever happens to the task that asked for it. sqlite3's errors leave as
-    :class:`~gateway.errors.StoreError`."""
+    :class:`~gateway.errors.StoreError`.
+
+    The exception: a transaction of a few long statements (deleting a partition's history,
+    hundreds of milliseconds per 100k rows) goes to a worker thread with
+    :meth:`transaction_in_thread`. SQLite releases the GIL while a statement runs, so the loop
+    goes on beside it. Until it ends, :meth:`transaction` refuses and :meth:`idle` waits; a
+    caller awaits :meth:`idle` before either kind."""
 
     def __init__(self, path: Path, what: str) -> None:
         self._path = path
         self._what = what
         self._db: sqlite3.Connection | None = None
+        self._in_thread: asyncio.Future[Any] | None = None
 
     def open(self, *pragmas: str) -> None:
         """Connect (autocommit mode: transactions are explicit) and apply ``pragmas``."""
         try:
-            db = sqlite3.connect(self._path, isolation_level=None)
+            # One thread at a time uses it: the loop's, or the worker of transaction_in_thread.
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         except sqlite3.DatabaseError as exc:
             raise translate_sqlite_error(exc, f"cannot open {self._what}") from exc
         try:
@@ -137,6 +145,32 @@ class SqliteWriter:
 
     def transaction(self, work: Callable[[sqlite3.Connection], T], what: str) -> T:
         """``work(connection)`` in one write transaction; its result."""
+        if self._in_thread is not None:
+            raise RuntimeError(f"{self._what}: a transaction runs on a thread (await idle())")
+        return self._transaction(work, what)
+
+    async def transaction_in_thread(self, work: Callable[[sqlite3.Connection], T], what: str) -> T:
+        """:meth:`transaction` on a worker thread. It goes on to its end if the caller is
+        cancelled, and keeps the other transactions out until then."""
+        if self._in_thread is not None:
+            raise RuntimeError(f"{self._what}: a transaction runs on a thread (await idle())")
+        future = asyncio.get_running_loop().run_in_executor(None, self._transaction, work, what)
+        self._in_thread = future
+        future.add_done_callback(self._thread_done)
+        result: T = await asyncio.shield(future)
+        return result
+
+    async def idle(self) -> None:
+        """Until no transaction runs on a thread (at once if none does)."""
+        while self._in_thread is not None:
+            await asyncio.wait({self._in_thread})
+
+    def _thread_done(self, future: asyncio.Future[Any]) -> None:
+        self._in_thread = None
+        if not future.cancelled():
+            future.exception()  # its caller may be gone: the error is its, not the loop's
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T], what: str) -> T:
         db = self._require()
         try:
             db.execute("BEGIN IMMEDIATE")

@@ -26,7 +26,9 @@ when a family is added to an existing file (or the file predates schema version 
 reflects only what arrives from then on.
 
 Writes run on a :class:`~gateway.adapters.sqlite_common.SqliteWriter`, each transaction whole
-in one call on the event loop (:mod:`gateway.adapters.sqlite_downstream_writes`); reads use a
+in one call on the event loop (:mod:`gateway.adapters.sqlite_downstream_writes`), except a
+partition's reset and a new epoch, which delete whole histories and run on a worker thread
+(the loop goes on meanwhile; the other writes wait); reads use a
 second connection (aiosqlite, on its thread), so that a reader never sees a transaction in
 progress and WAL lets it run beside the writer. SQLite errors leave as
 :class:`~gateway.errors.StoreError`.
@@ -157,6 +159,8 @@ class SqliteDownstreamLog:
                     await self._reader.close()
             self._reader = None
         await self._checkpoints.close()
+        if self._writer is not None:
+            await self._writer.idle()
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
@@ -173,14 +177,17 @@ class SqliteDownstreamLog:
     async def append_batch(
         self, records: Sequence[LogRecord], positions: Mapping[PartitionKey, KafkaOffset]
     ) -> list[LogRecord]:
-        appended = self._write(lambda db: self._writes.append(db, records, positions), "append")
+        appended = await self._write(
+            lambda db: self._writes.append(db, records, positions), "append"
+        )
         self._writes.committed(appended)
         return appended[0]
 
     async def reset_partition(self, topic: str, partition: int, offset: KafkaOffset) -> None:
-        self._write(
+        await self._write(
             lambda db: self._writes.reset_partition(db, topic, partition, offset),
             "reset partition",
+            in_thread=True,  # it deletes the partition's whole history
         )
 
     async def prune(self, older_than_ms: int) -> int:
@@ -194,7 +201,7 @@ class SqliteDownstreamLog:
                 chunk=_PRUNE_CHUNK,
             )
             for _ in range(1_000_000):  # ends when the partition's old prefix is gone
-                deleted = self._write(chunk, "prune")
+                deleted = await self._write(chunk, "prune")
                 await asyncio.sleep(0)  # a long prune lets the loop run between chunks
                 pruned += deleted
                 if deleted < _PRUNE_CHUNK:
@@ -217,7 +224,9 @@ class SqliteDownstreamLog:
         return Epoch(rows[0][0]) if rows else None
 
     async def begin_epoch(self, epoch: Epoch) -> None:
-        self._write(lambda db: self._writes.begin_epoch(db, epoch), "begin epoch")
+        await self._write(
+            lambda db: self._writes.begin_epoch(db, epoch), "begin epoch", in_thread=True
+        )
 
     async def read(
         self,
@@ -283,11 +292,20 @@ class SqliteDownstreamLog:
             except sqlite3.DatabaseError as exc:
                 raise translate_sqlite_error(exc, "downstream log read failed") from exc
 
-    def _write(self, work: Callable[[sqlite3.Connection], T], what: str) -> T:
-        """``work`` in one write transaction (on the event loop: see SqliteWriter)."""
-        if self._writer is None:
+    async def _write(
+        self, work: Callable[[sqlite3.Connection], T], what: str, *, in_thread: bool = False
+    ) -> T:
+        """``work`` in one write transaction, on the event loop or ``in_thread`` (see
+        SqliteWriter), after any transaction still running on a thread."""
+        writer = self._writer
+        if writer is None:
             raise StoreUnavailable("downstream log is not open")
-        result = self._writer.transaction(work, f"downstream log {what}")
+        await writer.idle()
+        what = f"downstream log {what}"
+        if in_thread:
+            result = await writer.transaction_in_thread(work, what)
+        else:
+            result = writer.transaction(work, what)
         self._checkpoints.due()
         return result
 

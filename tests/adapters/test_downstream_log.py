@@ -24,7 +24,7 @@ from gateway.flows.downstream_ports import (
     PartitionKey,
     SnapshotPage,
 )
-from tests.factories import cancel_after
+from tests.factories import cancel_after, ticks_during
 
 INV, ORD = "inventory.events", "order.events"
 
@@ -272,6 +272,23 @@ async def test_begin_epoch_forgets_everything_and_records_the_epoch(dlog: Downst
     assert await dlog.append_batch(fresh, {}) == fresh
 
 
+@pytest.mark.parametrize("forget", ["reset", "epoch"])
+async def test_an_append_issued_during_a_reset_lands_after_it(
+    dlog: DownstreamLog, forget: str
+) -> None:
+    await dlog.append_batch([rec(INV, 0, o, "c") for o in range(2000)], {})
+    if forget == "reset":
+        forgetting = asyncio.create_task(dlog.reset_partition(INV, 0, off(0)))
+    else:
+        forgetting = asyncio.create_task(dlog.begin_epoch(Epoch("e2")))
+    await asyncio.sleep(0)  # under way (on a worker thread, for SQLite)
+    fresh = [rec(INV, 0, 0, "c"), rec(INV, 0, 1, "c")]
+    assert await dlog.append_batch(fresh, {}) == fresh
+    await forgetting
+    assert [r.offset for r in (await dlog.read(["c"], {}, 100)).records] == [0, 1]
+    assert await dlog.positions() == {(INV, 0): 2}
+
+
 async def test_prune_removes_an_old_prefix_and_keeps_positions(dlog: DownstreamLog) -> None:
     stamps = [1, 2, 10, 3, 20]
     await dlog.append_batch(
@@ -423,6 +440,21 @@ async def test_snapshot_items_and_positions_are_read_together(dlog: DownstreamLo
         with contextlib.suppress(asyncio.CancelledError):
             await writer
     assert len(seen) > 3  # the reads did interleave with the writes
+
+
+@pytest.mark.parametrize("forget", ["reset", "epoch"])
+async def test_sqlite_forgetting_a_long_history_lets_the_loop_run(
+    tmp_path: Path, forget: str
+) -> None:
+    async with SqliteDownstreamLog(tmp_path / "downstream.sqlite3") as dlog:
+        for start in range(0, 40_000, 5_000):
+            await dlog.append_batch([rec(INV, 0, start + o, "c") for o in range(5_000)], {})
+        if forget == "reset":
+            forgetting = dlog.reset_partition(INV, 0, off(0))
+        else:
+            forgetting = dlog.begin_epoch(Epoch("e2"))
+        assert await ticks_during(forgetting) >= 1  # held on the loop, it saw none
+        assert await dlog.count() == 0
 
 
 async def test_sqlite_log_survives_reopening(tmp_path: Path) -> None:

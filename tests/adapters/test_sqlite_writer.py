@@ -1,16 +1,20 @@
-"""SqliteWriter: a write transaction is whole, and sqlite3's errors leave as StoreError."""
+"""SqliteWriter: a write transaction is whole, and sqlite3's errors leave as StoreError; one on a
+worker thread lets the event loop run and keeps the other transactions out until it ends."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.adapters.sqlite_common import BUSY_TIMEOUT_MS, SqliteWriter
 from gateway.errors import StoreCorrupt, StoreError, StoreUnavailable
+from tests.factories import ticks_during
 
 
 @pytest.fixture
@@ -81,4 +85,64 @@ def test_a_write_lock_held_elsewhere_fails_fast(writer: SqliteWriter, tmp_path: 
         assert time.monotonic() - started < BUSY_TIMEOUT_MS / 1000 / 2  # the readers' wait
     finally:
         other.close()
+    assert rows(writer) == []
+
+
+# A statement that runs for a while inside SQLite (hundreds of ms): a long delete's stand-in.
+LONG = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000)"
+    " SELECT count(*) FROM c"
+)
+
+
+def long_insert(value: int) -> Callable[[sqlite3.Connection], int]:
+    def work(db: sqlite3.Connection) -> int:
+        db.execute(LONG).fetchall()
+        db.execute("INSERT INTO t VALUES (?)", (value,))
+        return value
+
+    return work
+
+
+async def on_loop(writer: SqliteWriter, work: Callable[[sqlite3.Connection], int]) -> int:
+    return writer.transaction(work, "on the loop")
+
+
+async def test_a_transaction_in_a_thread_lets_the_loop_run(writer: SqliteWriter) -> None:
+    assert await ticks_during(on_loop(writer, long_insert(1))) == 0  # the loop was held
+    assert await ticks_during(writer.transaction_in_thread(long_insert(2), "in a thread")) >= 5
+    assert rows(writer) == [1, 2]
+
+
+async def test_a_transaction_in_a_thread_keeps_the_others_out_until_it_ends(
+    writer: SqliteWriter,
+) -> None:
+    caller = asyncio.create_task(writer.transaction_in_thread(long_insert(1), "long"))
+    await asyncio.sleep(0.02)
+    with pytest.raises(RuntimeError, match="runs on a thread"):
+        writer.transaction(long_insert(2), "meanwhile")
+    with pytest.raises(RuntimeError, match="runs on a thread"):
+        await writer.transaction_in_thread(long_insert(3), "meanwhile")
+    caller.cancel()  # the transaction goes on, and the others still wait for it
+    with contextlib.suppress(asyncio.CancelledError):
+        await caller
+    with pytest.raises(RuntimeError, match="runs on a thread"):
+        writer.transaction(long_insert(4), "after the cancel")
+    async with asyncio.timeout(30):
+        await writer.idle()
+    assert rows(writer) == [1]  # committed whole
+    assert writer.transaction(lambda db: db.execute("INSERT INTO t VALUES (5)").rowcount, "x") == 1
+    assert rows(writer) == [1, 5]
+
+
+async def test_a_failed_transaction_in_a_thread_rolls_back_as_a_store_error(
+    writer: SqliteWriter,
+) -> None:
+    def half(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO t VALUES (1)")
+        db.execute("INSERT INTO missing VALUES (1)")
+
+    with pytest.raises(StoreError, match="test file: in a thread failed"):
+        await writer.transaction_in_thread(half, "in a thread")
+    await writer.idle()
     assert rows(writer) == []
