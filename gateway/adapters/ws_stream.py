@@ -150,7 +150,6 @@ class _Connection:
         "_sending",
         "_stall_timer",
         "_subs",
-        "_write_now_of",
         "_writer",
         "_ws",
     )
@@ -181,8 +180,6 @@ class _Connection:
         self._stall_timer: asyncio.TimerHandle | None = None
         self._send_now = send_now_of(websocket.scope)
         self._frame_max = endpoint.settings.frame_max_updates
-        self._write_now_of = self._write_now if self._send_now else None
-        """One bound method for all its subscriptions (``None`` once the connection ended)."""
 
     async def run(self) -> None:
         reader = asyncio.create_task(self._read_loop())
@@ -203,9 +200,7 @@ class _Connection:
             for task in (reader, *pumps):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            # Cycles (the bound writer, the subscriptions that hold it) would leave a closed
-            # connection to the cycle collector, whose pauses grow with the connections.
-            self._write_now_of = None
+            # Its subscriptions hold it as their writer: no cycle left for the collector.
             self._subs.clear()
             self._pumps.clear()
         if self._close is not None:
@@ -267,10 +262,9 @@ class _Connection:
                 self._progress_at = self._loop.time()
 
     def _check_stall(self) -> None:
-        """The stall timer: close the connection as a slow consumer if a send has waited for
-        the socket for ``send_stall_timeout_s`` with no send completing meanwhile (sends wait
-        for the same socket buffer: when it drains they all go on). Its pumps, blocked in
-        their sends, are cancelled by :meth:`run`."""
+        """The stall timer: close the connection as a slow consumer if a send has waited for the
+        socket for ``send_stall_timeout_s`` with none completing meanwhile (they wait for the
+        same buffer). Its pumps, blocked in their sends, are cancelled by :meth:`run`."""
         self._stall_timer = None
         if not self._sending or self._finished.done():
             return  # re-armed by the next send
@@ -357,30 +351,37 @@ class _Connection:
         self._subs[command.sub] = sub
         self._e.metrics.stream_subscriptions.inc()
         self._pumps[command.sub] = asyncio.create_task(self._pump(command.sub, sub))
-        if self._write_now_of is not None:
+        if self._send_now is not None and not self._finished.done():
             sub.tag = command.sub
-            sub.writer = self._write_now_of
+            sub.writer = self
 
-    def _write_now(self, sub: Subscription) -> None:
-        """The subscription's :data:`~gateway.flows.subscription.Writer`: its queued updates as
-        ``events`` frames, while the socket takes them and no other send waits (a waiting frame
-        is never overtaken). Runs in the consumer's cycle, so it never raises."""
-        send_now = self._send_now
-        if send_now is None or self._sending or self._finished.done():
-            return
-        frame_of, limit, count = self._event_frames.of, self._frame_max, self._e.count_updates
+    def write_queued(self, sub: Subscription) -> None:
+        """:class:`~gateway.flows.subscription.Writer`: queued updates as ``events`` frames while
+        the socket takes them and no send waits (never overtaken). Never raises."""
+        limit = self._frame_max
         while updates := sub.take_updates(limit):
-            try:
-                sent = send_now(frame_of(sub.tag, updates))
-            except Exception:
-                log.exception("writing to a stream of %s failed; its pump goes on", sub.channel)
-                sent = False
-            if not sent:
+            if not self._send_events(sub, updates):
                 sub.unread(updates)
                 return
-            count(len(updates))
             if len(updates) < limit:
                 return  # the queue is empty or a marker leads it
+
+    def write_one(self, sub: Subscription, update: Update) -> bool:
+        """:class:`~gateway.flows.subscription.Writer`: one update, never queued."""
+        return self._send_events(sub, (update,))
+
+    def _send_events(self, sub: Subscription, updates: Sequence[Update]) -> bool:
+        send_now = self._send_now
+        if send_now is None or self._sending or self._finished.done():
+            return False
+        try:
+            sent = send_now(self._event_frames.of(sub.tag, updates))
+        except Exception:
+            log.exception("writing to a stream of %s failed; its pump goes on", sub.channel)
+            return False
+        if sent:
+            self._e.count_updates(len(updates))
+        return sent
 
     async def _publish(self, command: Publish) -> None:
         try:

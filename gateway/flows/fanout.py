@@ -151,17 +151,24 @@ class Fanout:
 
     def on_records(self, records: Sequence[LogRecord]) -> None:
         """Offer each record to the subscriptions of its channels (never blocks). Those at
-        the same cursor share the work and the result (:data:`Shared`). Then each subscription
-        given records is flushed once (see :mod:`gateway.flows.subscription`)."""
+        the same cursor share the work and the result (:data:`Shared`). A channel's only
+        record in the batch may be written at once; then each subscription given records is
+        flushed once (see :mod:`gateway.flows.subscription`)."""
         by_channel = self._by_channel
         touched: Touched = {}
+        counts: dict[str, int] = {}
+        if len(records) > 1:
+            for record in records:
+                for channel in record.channels:
+                    counts[channel] = counts.get(channel, 0) + 1
         for record in records:
             for channel in record.channels:
                 subs = by_channel.get(channel)
                 if subs:
                     shared: Shared = {}
+                    alone = counts.get(channel, 1) == 1
                     for sub in list(subs):
-                        sub._offer(record, shared, touched)
+                        sub._offer(record, shared, touched, alone)
         for sub in touched:
             sub._flush()
 

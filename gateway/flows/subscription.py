@@ -8,13 +8,15 @@ and :meth:`take_ready`. Items are :class:`Update` (a record and the cursor after
 gone; always the last).
 
 Writing in the consumer's cycle, as a broadcast does. An adapter that can write a frame
-synchronously when its socket takes it sets :attr:`Subscription.writer`. After a batch of live
-records is queued, :meth:`Fanout.on_records` hands each subscription it touched to its writer,
-if the adapter's loop is parked in :meth:`Subscription.next_item` with nothing in hand (so no
-frame of it is in flight and queue order is socket order); the writer takes updates with
-:meth:`Subscription.take_updates` and gives back (:meth:`Subscription.unread`) what the socket
-did not take. Whatever it leaves wakes the adapter's loop as before. Waking one task per
-subscription per cycle was most of the event loop's overhead per frame.
+synchronously when its socket takes it sets :attr:`Subscription.writer` (a :class:`Writer`),
+used only while the adapter's loop is parked in :meth:`Subscription.next_item` with nothing in
+hand (so no frame of it is in flight and queue order is socket order). A record that is its
+channel's only one in a batch goes to :meth:`Writer.write_one` without being queued, when the
+queue is empty; otherwise, after the batch is queued, :meth:`Fanout.on_records` hands each
+subscription it touched to :meth:`Writer.write_queued` once, so a batch's updates share frames.
+Whatever the writer leaves wakes the adapter's loop as before. Waking one task per subscription
+per cycle was most of the event loop's overhead per frame; queueing and taking back the one
+update of a live record was a third of what remained.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Literal, Protocol
 
 from gateway.core.cursor import Cursor
 from gateway.core.replay import SubscriptionEvent, SubscriptionPhase, SubscriptionState
@@ -63,9 +65,18 @@ the cursor is past the record. Keyed by value: :meth:`Cursor.advance` is a pure 
 cursor's value and the record, so equal cursors get equal results."""
 
 
-Writer: TypeAlias = "Callable[[Subscription], None]"
-"""Writes queued updates of a subscription now, as far as its socket takes them (what is left in
-the queue wakes the adapter's loop)."""
+class Writer(Protocol):
+    """An adapter's synchronous writer of a subscription's updates (module docstring)."""
+
+    def write_queued(self, sub: Subscription) -> None:
+        """Write the queued updates now, as far as the socket takes them (taken with
+        :meth:`Subscription.take_updates`, what is refused given back with
+        :meth:`Subscription.unread`; what is left in the queue wakes the adapter's loop)."""
+
+    def write_one(self, sub: Subscription, update: Update) -> bool:
+        """Write one update that was never queued (the queue is empty) now, if the socket
+        takes it; whether it did (if not, it is queued)."""
+
 
 Touched = dict["Subscription", None]
 """Subscriptions given records in one :meth:`Fanout.on_records` call, in order."""
@@ -220,6 +231,12 @@ class Subscription:
         """Up to ``limit`` :class:`Update` items from the head of the queue (for a
         :data:`Writer`; what it could not write it gives back with :meth:`unread`)."""
         queue = self._queue
+        if len(queue) == 1 and limit > 0 and self._max > 1:  # live, the usual case: one update
+            item = queue[0]
+            if not isinstance(item, Update):
+                return []
+            queue.pop()
+            return [item]
         full = len(queue) >= self._max  # else no replay waits for room (see _wait_for_room)
         taken: list[Update] = []
         while queue and len(taken) < limit:
@@ -241,8 +258,9 @@ class Subscription:
         """After a batch of live records: write now what the writer can, wake the adapter's
         loop for the rest."""
         writer = self.writer
-        if writer is not None and self._ready.waiting:
-            writer(self)
+        waiter = self._ready._waiter  # _Wakeup.waiting, inline: this runs once per frame
+        if writer is not None and waiter is not None and not waiter.done():
+            writer.write_queued(self)
             if not self._queue:
                 return
         self._ready.set()
@@ -253,10 +271,27 @@ class Subscription:
             await self._room.wait()
         return self._max - len(self._queue)
 
-    def _offer(self, record: LogRecord, shared: Shared, touched: Touched) -> None:
-        """A live record of the channel: buffer it while catching up, else deliver it."""
+    def _offer(self, record: LogRecord, shared: Shared, touched: Touched, alone: bool) -> None:
+        """A live record of the channel: buffer it while catching up, else deliver it; written
+        at once, unqueued, if it is ``alone`` (its channel's only record in the batch) and the
+        writer may write (module docstring)."""
         phase = self.state.phase
         if phase is SubscriptionPhase.LIVE:
+            writer, waiter = self.writer, self._ready._waiter
+            if (
+                alone
+                and not self._queue
+                and writer is not None
+                and waiter is not None
+                and not waiter.done()
+            ):
+                update = self._update_for(record, shared)
+                if update is not None:
+                    self.cursor = update.cursor_after
+                    if not writer.write_one(self, update):
+                        self._queue.append(update)
+                        touched[self] = None
+                return
             self._deliver(record, shared, touched)
         elif phase is SubscriptionPhase.REPLAYING or phase is SubscriptionPhase.WAITING:
             if len(self._pending) >= self._max:  # it is in the log: read it again instead
@@ -264,14 +299,11 @@ class Subscription:
                 self._pending_dropped = True
             self._pending.append(record)
 
-    def _deliver(
-        self, record: LogRecord, shared: Shared | None = None, touched: Touched | None = None
-    ) -> None:
-        """Enqueue a record unless the client has it; fall behind when the queue is full.
+    def _update_for(self, record: LogRecord, shared: Shared | None) -> Update | None:
+        """The update the record makes at the current cursor, ``None`` if the client has it.
 
         ``shared``: the results of this record for the cursors seen so far (see
-        :data:`Shared`), filled in as new cursors come. ``touched``: the batch's subscriptions,
-        flushed once at its end (``None``: wake the adapter now)."""
+        :data:`Shared`), filled in as new cursors come."""
         cursor = self.cursor
         update = None if shared is None else shared.get(cursor)
         if update is None:
@@ -283,7 +315,16 @@ class Subscription:
                 update = Update(record, after)
             if shared is not None:
                 shared[cursor] = update
-        if update is False:  # the client has it
+        return update or None
+
+    def _deliver(
+        self, record: LogRecord, shared: Shared | None = None, touched: Touched | None = None
+    ) -> None:
+        """Enqueue a record unless the client has it; fall behind when the queue is full.
+        ``touched``: the batch's subscriptions, flushed once at its end (``None``: wake the
+        adapter now)."""
+        update = self._update_for(record, shared)
+        if update is None:  # the client has it
             return
         if len(self._queue) >= self._max:
             self._fall_behind()

@@ -91,7 +91,10 @@ def test_event_frames_are_shared_per_update_and_sub_id_only(encoding: Encoding) 
     first = frames.of("a", [batch[0]])
     assert frames.of("a", [batch[0]]) is first  # built once for every connection
     assert frames.of("b", [batch[0]]) is frames.of("b", [batch[0]])
-    assert frames.of("c", [batch[0]]) is not frames.of("c", [batch[0]])  # over ids_per_update
+    third = frames.of("c", [batch[0]])
+    assert frames.of("c", [batch[0]]) is third  # the last frame asked for, asked again
+    assert frames.of("a", [batch[0]]) is first
+    assert frames.of("c", [batch[0]]) is not third  # over ids_per_update: not kept
     for _ in range(2):  # the cache fills and is cleared along the way
         for update in batch:
             for sub in ("a", "b", "c", "a"):

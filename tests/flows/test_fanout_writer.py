@@ -1,7 +1,8 @@
-"""The fan-out's synchronous writers (:attr:`Subscription.writer`): after a batch of live records
-each subscription it touched is handed to its writer once, only while the adapter's loop is
-parked with nothing in hand; what a writer leaves (the socket refused it, or it is not an
-update) reaches the adapter's loop in order, and nothing is written twice or lost."""
+"""The fan-out's synchronous writers (:attr:`Subscription.writer`): a channel's only record in a
+batch is written at once, unqueued, and otherwise each subscription the batch touched is handed
+to its writer once, only while the adapter's loop is parked with nothing in hand; what a writer
+leaves (the socket refused it, or it is not an update) reaches the adapter's loop in order, and
+nothing is written twice or lost."""
 
 from __future__ import annotations
 
@@ -25,15 +26,26 @@ class Socket:
         self.per_frame = per_frame
         self.frames: list[list[int]] = []
         self.calls = 0
+        self.ones = 0
 
-    def __call__(self, sub: Subscription) -> None:
+    def write_queued(self, sub: Subscription) -> None:
         self.calls += 1
         while updates := sub.take_updates(self.per_frame):
-            if self.room <= 0:
+            if not self._take(updates):
                 sub.unread(updates)
                 return
-            self.room -= 1
-            self.frames.append([u.record.offset for u in updates])
+
+    def write_one(self, sub: Subscription, update: Update) -> bool:
+        assert sub.queued == 0  # never ahead of queued updates
+        self.ones += 1
+        return self._take([update])
+
+    def _take(self, updates: Sequence[Update]) -> bool:
+        if self.room <= 0:
+            return False
+        self.room -= 1
+        self.frames.append([u.record.offset for u in updates])
+        return True
 
     @property
     def written(self) -> list[int]:
@@ -73,24 +85,34 @@ async def parked(sub: Subscription, seen: list[Item]) -> asyncio.Task[None]:
     return task
 
 
+async def written_and_parked(
+    socket: Socket,
+) -> tuple[Model, Subscription, list[Item], asyncio.Task[None]]:
+    """A live subscription written by ``socket``, its adapter's loop parked (what the loop
+    takes goes to the list)."""
+    model = Model()
+    await model.start()
+    sub = model.fanout.subscribe(S1, None)
+    sub.writer = socket
+    seen: list[Item] = []
+    return model, sub, seen, await parked(sub, seen)
+
+
 def update_offsets(items: Sequence[Item]) -> list[int]:
     return [i.record.offset for i in items if isinstance(i, Update)]
 
 
 async def test_a_parked_subscription_is_written_once_per_batch_and_its_loop_gets_nothing() -> None:
-    model = Model()
-    await model.start()
-    sub = model.fanout.subscribe(S1, None)
-    socket = Socket(per_frame=4)
-    sub.writer = socket
-    seen: list[Item] = []
-    loop = await parked(sub, seen)
+    model, sub, seen, loop = await written_and_parked(socket := Socket(per_frame=4))
     assert isinstance(seen[0], CaughtUp)
     first = await model.publish(10)
     assert socket.calls == 1  # one call per batch, not per record
     assert socket.frames == [first[0:4], first[4:8], first[8:10]]
     second = await model.publish(3)
-    assert socket.written == first + second
+    third = await model.publish(1)  # the channel's only record: written without the queue
+    assert (socket.calls, socket.ones) == (2, 1)
+    assert socket.frames[-1] == third
+    assert socket.written == first + second + third
     for _ in range(5):
         await asyncio.sleep(0)
     assert update_offsets(seen) == []  # the loop was never handed what was written
@@ -99,18 +121,24 @@ async def test_a_parked_subscription_is_written_once_per_batch_and_its_loop_gets
 
 
 async def test_what_the_socket_refuses_goes_to_the_loop_in_order() -> None:
-    model = Model()
-    await model.start()
-    sub = model.fanout.subscribe(S1, None)
-    socket = Socket(room=2, per_frame=3)
-    sub.writer = socket
-    seen: list[Item] = []
-    loop = await parked(sub, seen)
+    model, _, seen, loop = await written_and_parked(socket := Socket(room=2, per_frame=3))
     offsets = await model.publish(10)
     for _ in range(5):
         await asyncio.sleep(0)
     assert socket.written == offsets[:6]
     assert update_offsets(seen) == offsets[6:]  # the rest, once, in order
+    loop.cancel()
+
+
+async def test_a_lone_record_the_socket_refuses_goes_to_the_loop() -> None:
+    model, sub, seen, loop = await written_and_parked(socket := Socket(room=1))
+    taken = await model.publish(1)
+    refused = await model.publish(1)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert (socket.written, socket.ones) == (taken, 2)
+    assert update_offsets(seen) == refused  # once, through the loop
+    assert sub.cursor.position(INV, 0) == model.next
     loop.cancel()
 
 
@@ -122,8 +150,8 @@ async def test_a_loop_that_is_not_parked_is_woken_not_bypassed() -> None:
     sub = model.fanout.subscribe(S1, None)
     socket = Socket()
     sub.writer = socket
-    offsets = await model.publish(5)
-    assert socket.calls == 0
+    offsets = [*await model.publish(1), *await model.publish(4)]
+    assert (socket.calls, socket.ones) == (0, 0)
     items = [await sub.next_item(), *sub.take_ready(64)]
     assert isinstance(items[0], CaughtUp)
     assert update_offsets(items) == offsets
