@@ -196,6 +196,7 @@ async def run_schedule(
     return devices, publisher, counts
 
 
+@pytest.mark.timeout(1800)  # the long form (--long): four schedules of 200 steps, ~3 min each
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_every_update_exactly_once_in_order_through_random_faults(
     seed: int, kafka_broker: KafkaBroker, tmp_path: Path, long_run: bool
