@@ -105,7 +105,8 @@ class EventFrames:
 
     def of(self, sub_id: str, updates: Sequence[Update]) -> WireFrame:
         """The ``events`` frame of ``updates`` (in order) for subscription ``sub_id``."""
-        if len(updates) == 1:
+        one = len(updates) == 1
+        if one:
             held: object = updates[0]
             last = self._last
             if last[0] is held and last[1] == sub_id:
@@ -119,7 +120,7 @@ class EventFrames:
             frames = entry[1]
             frame = frames.get(sub_id)
             if frame is not None:
-                if len(updates) == 1:
+                if one:
                     self._last = (held, sub_id, frame)
                 return frame
         else:
@@ -130,7 +131,7 @@ class EventFrames:
         frame = self._build(sub_id, updates)
         if len(frames) < self._ids:
             frames[sub_id] = frame
-        if len(updates) == 1:
+        if one:
             self._last = (held, sub_id, frame)
         return frame
 

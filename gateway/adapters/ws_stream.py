@@ -351,7 +351,7 @@ class _Connection:
         self._subs[command.sub] = sub
         self._e.metrics.stream_subscriptions.inc()
         self._pumps[command.sub] = asyncio.create_task(self._pump(command.sub, sub))
-        if self._send_now is not None and not self._finished.done():
+        if self._send_now is not None:
             sub.tag = command.sub
             sub.writer = self
 
