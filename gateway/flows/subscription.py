@@ -231,12 +231,6 @@ class Subscription:
         """Up to ``limit`` :class:`Update` items from the head of the queue (for a
         :data:`Writer`; what it could not write it gives back with :meth:`unread`)."""
         queue = self._queue
-        if len(queue) == 1 and limit > 0 and self._max > 1:  # live, the usual case: one update
-            item = queue[0]
-            if not isinstance(item, Update):
-                return []
-            queue.pop()
-            return [item]
         full = len(queue) >= self._max  # else no replay waits for room (see _wait_for_room)
         taken: list[Update] = []
         while queue and len(taken) < limit:
