@@ -234,11 +234,16 @@ class WalCheckpointer:
                 "%s: checkpoint failed (the WAL grows until one succeeds): %s", self._what, exc
             )
 
+    async def settled(self) -> None:
+        """Until the checkpoint in progress, if any, has ended."""
+        task = self._task
+        if task is not None:
+            await asyncio.shield(task)
+
     async def close(self) -> None:
         """Wait for a checkpoint in progress, then close."""
-        task, self._task = self._task, None
-        if task is not None:
-            await task
+        await self.settled()
+        self._task = None
         db, self._db = self._db, None
         if db is not None:
             with contextlib.suppress(sqlite3.Error):

@@ -609,8 +609,8 @@ async def test_sqlite_checkpoints_keep_the_wal_bounded(tmp_path: Path) -> None:
                 replace(rec(INV, 0, batch * 20 + i, f"c{i}"), value=value) for i in range(20)
             ]
             await sqlite_log.append_batch(records, {})
-            for _ in range(5):  # let the checkpoint task run on aiosqlite's thread
-                await asyncio.sleep(0.001)
+            async with asyncio.timeout(10):  # the checkpoint it started, on aiosqlite's thread
+                await sqlite_log._checkpoints.settled()
             largest = max(largest, wal.stat().st_size)
         assert await sqlite_log.count() == 3000
     written = 3000 * len(value)
