@@ -38,10 +38,17 @@ lines say who had the cores). With a rate the gateway cannot sustain, the backlo
 Kafka and the latency grows with the length of the run: compare latencies at sustainable
 rates (``--rate 100,300,1000``: a latency curve).
 
+``--gateways N`` runs N gateway processes instead of one, a fleet on this machine (each its own
+instance id and data directory, as "Fleet" in the README describes), and spreads each
+channel's subscribers evenly over them, as a load balancer that knows nothing of channels
+would (clients connect to each process's port directly: a balancer's own cost is not in the
+figures). Their CPU and RSS are summed. Each process consumes and logs every record: the
+per-record work is done N times.
+
     python -m benchmarks.fanout [--connections 1000,10000] [--channels 100] [--seconds 10]
                                 [--rate 0 (auto: 50k/s delivered)] [--workers 4]
                                 [--storm-clients 1000 --storm-behind 300] [--no-baseline]
-                                [--client raw|websockets] [--warmup 8]
+                                [--client raw|websockets] [--warmup 8] [--gateways 1]
 """
 
 # The modules, by concept: cli (arguments, the run in order), phases (connecting, measuring, the

@@ -112,7 +112,7 @@ async def baseline_live(
     try:
         await server.answer(30)  # "ready"
         rss_idle = rss_bytes(server.pid)
-        connect_s = await connect_all(workers, f"ws://127.0.0.1:{port}/v1/stream", shape, args)
+        connect_s = await connect_all(workers, [f"ws://127.0.0.1:{port}/v1/stream"], shape, args)
         rss_connected = rss_bytes(server.pid)
         watch = RssWatch(server.pid)
         watch.start()
@@ -139,7 +139,7 @@ async def baseline_live(
             shape,
             args,
             send,
-            server.pid,
+            [server.pid],
             {},
         )
         live.connect_s = connect_s

@@ -1,6 +1,6 @@
-"""The command line: arguments, the broker and the gateway started, the phases run in order
-((0) Kafka alone, (1) live fan-out, (2) resume storm, (3) baseline) and the report printed;
-the gateway's log problems at the end."""
+"""The command line: arguments, the broker and the gateway (or ``--gateways N`` of them, a fleet
+on this machine) started, the phases run in order ((0) Kafka alone, (1) live fan-out, (2) resume
+storm, (3) baseline) and the report printed; the gateways' log problems at the end."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def rates(args: argparse.Namespace, connections: int) -> list[float]:
 async def run(
     args: argparse.Namespace,
     broker: KafkaBroker,
-    gateway: GatewayProcess,
+    gateways: list[GatewayProcess],
     topics: TestTopics,
     rss_start: int,
 ) -> None:
@@ -56,7 +56,7 @@ async def run(
     storm: Storm | None = None
     kafka: Figures | None = None
     print(
-        f"gateway pid {process_pid(gateway)}, broker pid {process_pid(broker)},"
+        f"gateway pids {[process_pid(g) for g in gateways]}, broker pid {process_pid(broker)},"
         f" client workers {[c.pid for c in workers.children]}",
         flush=True,
     )
@@ -72,14 +72,14 @@ async def run(
 
         async def live_phase(connections: int, rate: float, run: argparse.Namespace) -> Live:
             return await gateway_live(
-                gateway,
+                gateways,
                 broker,
                 workers,
                 producer,
                 topic,
                 updates,
                 phase,
-                Shape(connections, args.channels, args.workers),
+                Shape(connections, args.channels, args.workers, len(gateways)),
                 rate,
                 run,
                 rss_start,
@@ -114,13 +114,13 @@ async def run(
                 lives.append(live)
         if args.storm_clients:
             phase += 1
-            shape = Shape(args.storm_clients, args.channels, args.workers)
+            shape = Shape(args.storm_clients, args.channels, args.workers, len(gateways))
             section(
                 f"(2) resume storm: {args.storm_clients:,} clients, {args.storm_behind} updates"
                 f" behind on each of {args.channels} channels ..."
             )
             storm = await resume_storm(
-                gateway, workers, producer, topic, updates, phase, shape, args.storm_behind, args
+                gateways, workers, producer, topic, updates, phase, shape, args.storm_behind, args
             )
             print(f"    all caught up after {storm.seconds:.2f}s", flush=True)
         template = next((x.sample for x in lives if x.sample), None)
@@ -160,6 +160,13 @@ def main() -> None:
         f" 0: enough for {GOAL_DELIVERED:,}/s delivered",
     )
     parser.add_argument("--workers", type=int, default=4, help="client processes")
+    parser.add_argument(
+        "--gateways",
+        type=int,
+        default=1,
+        help="gateway processes, a fleet on this machine (each its own instance id and data"
+        " directory); each channel's subscribers are spread evenly over them",
+    )
     parser.add_argument(
         "--warmup",
         type=float,
@@ -218,6 +225,8 @@ def main() -> None:
     # aiokafka logs (and retries) stale metadata while a new topic's leader is elected
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     counts = parse_counts(args.connections)
+    if args.gateways < 1:
+        parser.error("--gateways must be at least 1")
     if not 1 <= args.channels <= 0xFFF:
         parser.error("--channels must be 1..4095")
     if any("=" not in item for item in args.gateway_setting):
@@ -238,24 +247,33 @@ def main() -> None:
         topics = TestTopics()
         asyncio.run(create_topic(broker.bootstrap, topics.inventory, PARTITIONS))
         settings = topics.settings(broker.bootstrap) | {
-            "instance_id": "bench-fanout",
             "topic_partitions": str(PARTITIONS),
             "log_level": "warning",
         }
         if args.queue_max:
             settings["stream_queue_max"] = str(args.queue_max)
         settings |= dict(item.split("=", 1) for item in args.gateway_setting)
-        gateway = stack.enter_context(GatewayProcess(tmp / "gw", settings=settings))
-        log_from = 0
+        gateways = [
+            stack.enter_context(
+                GatewayProcess(
+                    tmp / (f"gw{i}" if args.gateways > 1 else "gw"),
+                    settings={**settings, "instance_id": f"bench-fanout-{i}"},
+                )
+            )
+            for i in range(args.gateways)
+        ]
+        log_from = [0] * len(gateways)
         try:
-            asyncio.run(wait_quiet(gateway))  # start-up done (topics created, consumer up)
-            log_from = gateway.log_path.stat().st_size
-            rss_start = rss_bytes(process_pid(gateway))
-            asyncio.run(run(args, broker, gateway, topics, rss_start))
+            for i, gateway in enumerate(gateways):
+                asyncio.run(wait_quiet(gateway))  # start-up done (topics created, consumer up)
+                log_from[i] = gateway.log_path.stat().st_size
+            rss_start = rss_bytes(*(process_pid(g) for g in gateways))
+            asyncio.run(run(args, broker, gateways, topics, rss_start))
         except KeyboardInterrupt:
-            print("\ninterrupted: stopping the gateway and the broker", flush=True)
+            print("\ninterrupted: stopping the gateways and the broker", flush=True)
         finally:
-            print_log_problems(gateway, log_from)
+            for gateway, offset in zip(gateways, log_from, strict=True):
+                print_log_problems(gateway, offset)
 
 
 def print_log_problems(gateway: GatewayProcess, offset: int, lines: int = 12) -> None:

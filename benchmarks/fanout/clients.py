@@ -54,6 +54,8 @@ class Client:
     index: int
     channel: int
     sub: str = "c"
+    gateway: int = 0
+    """Which of the worker's ``urls`` it connects to."""
     ws: ClientConnection | RawWebSocket | None = None
     task: asyncio.Task[None] | None = None
     cursor: str | None = None
@@ -99,28 +101,28 @@ class ClientWorker:
 
     async def connect(
         self,
-        url: str,
-        channels: list[tuple[int, int]],
+        urls: list[str],
+        channels: list[tuple[int, int, int]],
         concurrency: int,
         timeout_s: float,
         compression: str | None,
         client: str,
         distinct_subs: bool = False,
     ) -> dict[str, Any]:
-        """Open one connection per ``(index, channel)``, subscribe from now (as subscription
-        ``c``, or ``c<index>`` with ``distinct_subs``); wait until each is live (or
-        ``timeout_s``)."""
+        """Open one connection per ``(index, channel, gateway)`` to ``urls[gateway]``, subscribe
+        from now (as subscription ``c``, or ``c<index>`` with ``distinct_subs``); wait until each
+        is live (or ``timeout_s``)."""
         self.clients = [
-            Client(index, channel, sub=f"c{index}" if distinct_subs else "c")
-            for index, channel in channels
+            Client(index, channel, sub=f"c{index}" if distinct_subs else "c", gateway=gateway)
+            for index, channel, gateway in channels
         ]
         self.tally, self.live, self.closes = Tally(), 0, Counter()
         self.verify_phase = None
-        return await self._open_all(url, concurrency, timeout_s, compression, client, resume=False)
+        return await self._open_all(urls, concurrency, timeout_s, compression, client, resume=False)
 
     async def resume(
         self,
-        url: str,
+        urls: list[str],
         phase: int,
         behind: int,
         concurrency: int,
@@ -138,7 +140,9 @@ class ClientWorker:
         self.verify_phase = phase
         started = time.time()
         cpu = own_cpu()
-        opened = await self._open_all(url, concurrency, timeout_s, compression, client, resume=True)
+        opened = await self._open_all(
+            urls, concurrency, timeout_s, compression, client, resume=True
+        )
         cpu = own_cpu() - cpu
         catch_up = new_histogram()
         exact = missing = duplicates = 0
@@ -216,7 +220,7 @@ class ClientWorker:
 
     async def _open_all(
         self,
-        url: str,
+        urls: list[str],
         concurrency: int,
         timeout_s: float,
         compression: str | None,
@@ -228,9 +232,9 @@ class ClientWorker:
         started = time.perf_counter()
         for c in self.clients:
             if client == "raw" and compression is None:
-                run = self._run_raw(c, url, gate, resume)
+                run = self._run_raw(c, urls[c.gateway], gate, resume)
             else:
-                run = self._run(c, url, gate, compression, resume)
+                run = self._run(c, urls[c.gateway], gate, compression, resume)
             c.task = asyncio.create_task(run)
         deadline = started + timeout_s
         while self.live < len(self.clients) and time.perf_counter() < deadline:

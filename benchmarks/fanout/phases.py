@@ -41,13 +41,16 @@ class Shape:
     connections: int
     channels: int
     workers: int
+    gateways: int = 1
 
     def assignment(self) -> list[dict[str, Any]]:
-        """Per worker: its (client index, channel) pairs; channels spread evenly over
-        clients, clients round-robin over workers."""
-        shares: list[list[tuple[int, int]]] = [[] for _ in range(self.workers)]
+        """Per worker: its (client index, channel, gateway) triples; channels spread evenly
+        over clients, clients round-robin over workers, and each channel's subscribers evenly
+        over the gateways (as a load balancer that knows nothing of channels would)."""
+        shares: list[list[tuple[int, int, int]]] = [[] for _ in range(self.workers)]
         for index in range(self.connections):
-            shares[index % self.workers].append((index, index % self.channels))
+            gateway = index // self.channels % self.gateways
+            shares[index % self.workers].append((index, index % self.channels, gateway))
         return [{"channels": share} for share in shares]
 
     def subscribers(self, channel: int) -> int:
@@ -91,10 +94,12 @@ def process_pid(server: GatewayProcess | KafkaBroker) -> int:
     return child.pid
 
 
-async def connect_all(workers: Workers, url: str, shape: Shape, args: argparse.Namespace) -> float:
+async def connect_all(
+    workers: Workers, urls: list[str], shape: Shape, args: argparse.Namespace
+) -> float:
     per_worker = [
         {
-            "url": url,
+            "urls": urls,
             "concurrency": args.connect_concurrency,
             "timeout_s": args.connect_timeout,
             "compression": args.compression,
@@ -126,15 +131,15 @@ async def measure(
     shape: Shape,
     args: argparse.Namespace,
     send: Callable[[], Coroutine[Any, Any, tuple[list[int], float]]],
-    server_pid: int,
+    server_pids: list[int],
     others: dict[str, int],
 ) -> Live:
     """Start counting in the workers, ``send`` the updates (it returns the count per channel
     and the wall-clock start), wait until the clients got them all (or no progress for
-    ``--drain-timeout``, or ``--drain-max`` in all), stop counting; CPU of the server, the
-    clients and ``others``."""
-    pids = {"server": server_pid, **others}
-    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    ``--drain-timeout``, or ``--drain-max`` in all), stop counting; CPU of the servers
+    (summed), the clients and ``others``."""
+    pids = {"server": server_pids, **{name: [pid] for name, pid in others.items()}}
+    cpu0 = {name: cpu_seconds(*group) for name, group in pids.items()}
     own0, clients0, machine0 = own_cpu(), workers.cpu(), machine_cpu()
     await workers.all("start", 30)
     per_channel, started = await send()
@@ -152,7 +157,7 @@ async def measure(
             break
         await asyncio.sleep(0.05)
     answers = await workers.all("stop", 30)
-    cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+    cpu = {name: cpu_seconds(*group) - cpu0[name] for name, group in pids.items()}
     cpu["clients"] = workers.cpu() - clients0
     cpu["producer (this process)"] = own_cpu() - own0
     cpu["whole machine"] = machine_cpu() - machine0
@@ -182,7 +187,7 @@ async def measure(
 
 
 async def gateway_live(
-    gateway: GatewayProcess,
+    gateways: list[GatewayProcess],
     broker: KafkaBroker,
     workers: Workers,
     producer: Any,
@@ -194,13 +199,15 @@ async def gateway_live(
     args: argparse.Namespace,
     rss_idle: int,
 ) -> Live:
-    """``rss_idle``: the gateway's RSS before its first connection (it keeps the memory of
-    earlier phases' connections, so what it grows by from then on is a floor)."""
-    gw_pid = process_pid(gateway)
-    await wait_quiet(gateway)
-    connect_s = await connect_all(workers, ws_url(gateway.url), shape, args)
-    rss_connected = rss_bytes(gw_pid)
-    watch = RssWatch(gw_pid)
+    """``rss_idle``: the gateways' RSS before their first connection (they keep the memory of
+    earlier phases' connections, so what they grow by from then on is a floor). Figures of
+    several gateways are summed."""
+    gw_pids = [process_pid(gateway) for gateway in gateways]
+    for gateway in gateways:
+        await wait_quiet(gateway)
+    connect_s = await connect_all(workers, [ws_url(g.url) for g in gateways], shape, args)
+    rss_connected = rss_bytes(*gw_pids)
+    watch = RssWatch(*gw_pids)
     watch.start()
     count = int(rate * args.seconds)
 
@@ -208,14 +215,15 @@ async def gateway_live(
         produced = await produce(producer, topic, updates, phase, shape.channels, count, rate)
         return produced.per_channel, produced.started
 
+    fleet = f" ({len(gateways)} processes)" if len(gateways) > 1 else ""
     live = await measure(
-        f"gateway, {shape.connections:,} conns, {rate:,.0f} upd/s in",
+        f"gateway{fleet}, {shape.connections:,} conns, {rate:,.0f} upd/s in",
         rate,
         workers,
         shape,
         args,
         send,
-        gw_pid,
+        gw_pids,
         {"broker": process_pid(broker)},
     )
     live.connect_s = connect_s

@@ -35,23 +35,27 @@ def raise_fd_limit(needed: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process (Linux /proc), 0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/statm").read_text().split()
-    except OSError:
-        return 0
-    return int(fields[1]) * PAGE
+def rss_bytes(*pids: int) -> int:
+    """Resident set size of processes, summed (Linux /proc); 0 for one that is gone."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+    return total
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (Linux /proc), 0 if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+def cpu_seconds(*pids: int) -> float:
+    """User + system CPU time of processes, all their threads, summed (Linux /proc); 0 for one
+    that is gone."""
+    ticks = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / CLK_TCK
 
 
 def machine_cpu() -> float:
@@ -67,19 +71,19 @@ def own_cpu() -> float:
 
 
 class RssWatch:
-    """Samples a process's RSS every ``interval`` seconds; keeps the peak."""
+    """Samples the RSS of processes (summed) every ``interval`` seconds; keeps the peak."""
 
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
-        self.pid, self.interval, self.peak = pid, interval, rss_bytes(pid)
+    def __init__(self, *pids: int, interval: float = 0.2) -> None:
+        self.pids, self.interval, self.peak = pids, interval, rss_bytes(*pids)
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:
-            self.peak = max(self.peak, rss_bytes(self.pid))
+            self.peak = max(self.peak, rss_bytes(*self.pids))
             await asyncio.sleep(self.interval)
 
     def start(self) -> None:
-        self.peak = rss_bytes(self.pid)
+        self.peak = rss_bytes(*self.pids)
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> int:
@@ -87,7 +91,7 @@ class RssWatch:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self.peak = max(self.peak, rss_bytes(self.pid))
+        self.peak = max(self.peak, rss_bytes(*self.pids))
         return self.peak
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ async def wait_consumed(http: httpx.AsyncClient, target: int, timeout_s: float) 
 
 
 async def resume_storm(
-    gateway: GatewayProcess,
+    gateways: list[GatewayProcess],
     workers: Workers,
     producer: Any,
     topic: str,
@@ -74,27 +75,34 @@ async def resume_storm(
     behind: int,
     args: argparse.Namespace,
 ) -> Storm:
-    url = ws_url(gateway.url)
-    gw_pid = process_pid(gateway)
-    await wait_quiet(gateway)
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
-        await connect_all(workers, url, shape, args)  # each client keeps the cursor of "live"
+    """Figures of several gateways are summed; each client resumes on the gateway it left."""
+    urls = [ws_url(gateway.url) for gateway in gateways]
+    gw_pids = [process_pid(gateway) for gateway in gateways]
+    for gateway in gateways:
+        await wait_quiet(gateway)
+    async with contextlib.AsyncExitStack() as stack:
+        https = [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=g.url, timeout=30))
+            for g in gateways
+        ]
+        await connect_all(workers, urls, shape, args)  # each client keeps the cursor of "live"
         await workers.all("disconnect", 60, timeout_s=30)
-        consumed = await downstream_consumed(http)
+        consumed = [await downstream_consumed(http) for http in https]
         started = time.perf_counter()
         produced = await produce(
             producer, topic, updates, phase, shape.channels, behind * shape.channels, None
         )
-        await wait_consumed(http, consumed + produced.total, 300)
+        for http, before in zip(https, consumed, strict=True):
+            await wait_consumed(http, before + produced.total, 300)
         consume_s = time.perf_counter() - started
-    watch = RssWatch(gw_pid)
+    watch = RssWatch(*gw_pids)
     watch.start()
-    cpu0 = cpu_seconds(gw_pid)
+    cpu0 = cpu_seconds(*gw_pids)
     started_wall = time.time()
     answers = await workers.all(
         "resume",
         args.storm_timeout + 60,
-        url=url,
+        urls=urls,
         phase=phase,
         behind=behind,
         concurrency=args.connect_concurrency,
@@ -102,7 +110,7 @@ async def resume_storm(
         compression=args.compression,
         client=args.client,
     )
-    gateway_cpu = cpu_seconds(gw_pid) - cpu0
+    gateway_cpu = cpu_seconds(*gw_pids) - cpu0
     rss_peak = await watch.stop()
     await workers.all("disconnect", 60, timeout_s=30)
     catch_up = new_histogram()
