@@ -103,36 +103,44 @@ class EventFrames:
         """The last one-update frame handed out, with its update and id: the fan-out asks for
         the same one for every subscriber of a channel in turn."""
 
-    def of(self, sub_id: str, updates: Sequence[Update]) -> WireFrame:
-        """The ``events`` frame of ``updates`` (in order) for subscription ``sub_id``."""
-        one = len(updates) == 1
-        if one:
-            held: object = updates[0]
-            last = self._last
-            if last[0] is held and last[1] == sub_id:
-                return last[2]
-            key: object = id(held)
+    def of(self, sub_id: str, updates: Update | Sequence[Update]) -> WireFrame:
+        """The ``events`` frame of ``updates`` (in order; or of one update) for subscription
+        ``sub_id``."""
+        last = self._last
+        if last[0] is updates and last[1] == sub_id:  # the fan-out's next subscriber
+            return last[2]
+        if isinstance(updates, Update):  # the fan-out's direct write: no tuple to make
+            single: Update | None = updates
+            run: Sequence[Update] = ()
         else:
-            held = tuple(updates)
-            key = tuple(map(id, held))
+            single = updates[0] if len(updates) == 1 else None
+            run = updates
+        if single is not None:
+            if last[0] is single and last[1] == sub_id:
+                return last[2]
+            held: object = single
+            key: object = id(single)
+        else:
+            held = tuple(run)
+            key = tuple(map(id, run))
         entry = self._entries.get(key)
         if entry is not None:
             frames = entry[1]
             frame = frames.get(sub_id)
             if frame is not None:
-                if one:
-                    self._last = (held, sub_id, frame)
+                if single is not None:
+                    self._last = (single, sub_id, frame)
                 return frame
         else:
             if len(self._entries) >= self._max:
                 self._entries.clear()
             frames = {}
             self._entries[key] = (held, frames)
-        frame = self._build(sub_id, updates)
+        frame = self._build(sub_id, run if single is None else (single,))
         if len(frames) < self._ids:
             frames[sub_id] = frame
-        if one:
-            self._last = (held, sub_id, frame)
+        if single is not None:
+            self._last = (single, sub_id, frame)
         return frame
 
     def _build(self, sub_id: str, updates: Sequence[Update]) -> WireFrame:

@@ -20,6 +20,13 @@ extensions, whose protocol object has nothing waiting to go out and no fragmente
 those bytes are written as they are: building a ``Frame`` and serializing it through the
 protocol object was about a tenth of the event loop's time at 10k connections. Otherwise the
 protocol object frames the payload.
+
+Once a frame went out that way, the connection is known to be *direct* and the next frames skip
+the checks but one (the transport is not closing): it stays direct until the close is sent (a
+property over uvicorn's ``close_sent``), the transport pauses, or the connection is lost. The
+websockets state leaves OPEN only with one of those (uvicorn sends or echoes the close, or
+closes the transport, in the same callback), and uvicorn writes what the protocol object queues
+at once, so nothing waits in it between two callbacks.
 """
 
 from __future__ import annotations
@@ -47,16 +54,32 @@ class GatewayWebSocketProtocol(DrainTolerantWebSocketProtocol):
 
     _paused = False
     """The transport's buffer is over its high-water mark (``writable`` cleared)."""
+    _direct = False
+    """The last checks passed and nothing that ends them happened since (module docstring)."""
+    _close_sent = False
+
+    @property
+    def close_sent(self) -> bool:
+        """uvicorn's flag (the close frame was sent), as a property: setting it ends
+        :attr:`_direct`."""
+        return self._close_sent
+
+    @close_sent.setter
+    def close_sent(self, value: bool) -> None:
+        self._close_sent = value
+        self._direct = False
 
     def pause_writing(self) -> None:
         super().pause_writing()
         self._paused = True
+        self._direct = False
 
     def resume_writing(self) -> None:
         super().resume_writing()
         self._paused = False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._direct = False
         super().connection_lost(exc)
         # The scope holds the bound send_now, which holds this protocol, which holds the scope:
         # without this, every closed connection waited for the cycle collector.
@@ -70,6 +93,10 @@ class GatewayWebSocketProtocol(DrainTolerantWebSocketProtocol):
             self.scope["extensions"][SEND_NOW] = {"send": self.send_now}
 
     def send_now(self, frame: WireFrame) -> bool:
+        transport = self.transport
+        if self._direct and not transport.is_closing():
+            transport.write(frame.wire)
+            return True
         if (
             self._paused
             or not self.handshake_complete
@@ -85,7 +112,8 @@ class GatewayWebSocketProtocol(DrainTolerantWebSocketProtocol):
             and not conn.expect_continuation_frame
             and not conn.writes
         ):
-            self.transport.write(frame.wire)
+            self._direct = True
+            transport.write(frame.wire)
             return True
         try:
             if frame.opcode == TEXT:

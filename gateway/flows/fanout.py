@@ -151,7 +151,7 @@ class Fanout:
 
     def on_records(self, records: Sequence[LogRecord]) -> None:
         """Offer each record to the subscriptions of its channels (never blocks). Those at
-        the same cursor share the work and the result (:data:`Shared`). A channel's only
+        the same cursor share the work and the result (:class:`Shared`). A channel's only
         record in the batch may be written at once; then each subscription given records is
         flushed once (see :mod:`gateway.flows.subscription`)."""
         by_channel = self._by_channel
@@ -165,7 +165,7 @@ class Fanout:
             for channel in record.channels:
                 subs = by_channel.get(channel)
                 if subs:
-                    shared: Shared = {}
+                    shared = Shared()
                     alone = counts.get(channel, 1) == 1
                     for sub in list(subs):
                         sub._offer(record, shared, touched, alone)

@@ -57,12 +57,23 @@ class Reset:
 
 Item = Update | CaughtUp | Reset
 
-Shared = dict[Cursor, Update | Literal[False]]
-"""What one live record means to a cursor, worked out once for all the subscriptions of a
-channel at that cursor: the :class:`Update` to queue (one object, with one ``cursor_after``
-object, shared by them all; its token and frame pieces are then built once), or ``False`` when
-the cursor is past the record. Keyed by value: :meth:`Cursor.advance` is a pure function of the
-cursor's value and the record, so equal cursors get equal results."""
+
+class Shared:
+    """What one live record means to each cursor, worked out once for all the subscriptions of
+    a channel at that cursor: the :class:`Update` to queue (one object, with one
+    ``cursor_after`` object, shared by them all; its token and frame pieces are then built
+    once), or ``False`` when the cursor is past the record. Keyed by value:
+    :meth:`Cursor.advance` is a pure function of the cursor's value and the record, so equal
+    cursors get equal results. The last cursor asked about is looked up by identity first:
+    subscriptions at the same cursor usually hold the very same object (the ``cursor_after``
+    of the update they shared last), and hashing a cursor is a Python call."""
+
+    __slots__ = ("by_cursor", "last_cursor", "last_update")
+
+    def __init__(self) -> None:
+        self.by_cursor: dict[Cursor, Update | Literal[False]] = {}
+        self.last_cursor: Cursor | None = None
+        self.last_update: Update | Literal[False] = False
 
 
 class Writer(Protocol):
@@ -279,7 +290,11 @@ class Subscription:
                 and waiter is not None
                 and not waiter.done()
             ):
-                update = self._update_for(record, shared)
+                cursor = self.cursor  # _update_for's first case, inline: once per frame
+                if cursor is shared.last_cursor:
+                    update = shared.last_update or None
+                else:
+                    update = self._update_for(record, shared)
                 if update is not None:
                     self.cursor = update.cursor_after
                     if not writer.write_one(self, update):
@@ -297,9 +312,14 @@ class Subscription:
         """The update the record makes at the current cursor, ``None`` if the client has it.
 
         ``shared``: the results of this record for the cursors seen so far (see
-        :data:`Shared`), filled in as new cursors come."""
+        :class:`Shared`), filled in as new cursors come."""
         cursor = self.cursor
-        update = None if shared is None else shared.get(cursor)
+        if shared is None:
+            update = None
+        elif cursor is shared.last_cursor:
+            return shared.last_update or None
+        else:
+            update = shared.by_cursor.get(cursor)
         if update is None:
             position = cursor.position(record.topic, record.partition)
             if position is not None and record.offset < position:
@@ -308,7 +328,9 @@ class Subscription:
                 after = cursor.advance(record.topic, record.partition, record.offset)
                 update = Update(record, after)
             if shared is not None:
-                shared[cursor] = update
+                shared.by_cursor[cursor] = update
+        if shared is not None:
+            shared.last_cursor, shared.last_update = cursor, update
         return update or None
 
     def _deliver(

@@ -145,3 +145,28 @@ async def test_send_now_frames_of_every_header_length_parse_on_a_real_client(
         for size in SIZES:
             expected += ["t" * size, bytes([size % 251]) * size]
         assert received == expected
+
+
+async def test_send_now_refuses_once_the_client_closed() -> None:
+    """After frames went out directly (no extension), the client's close ends them: uvicorn
+    echoes it and closes the transport in the same callback, and SEND_NOW refuses from then
+    on, before the connection is reported lost."""
+    outcome: dict[str, object] = {}
+    done = asyncio.Event()
+
+    async def endpoint(ws: WebSocket) -> None:
+        await ws.accept()
+        send_now = send_now_of(ws.scope)
+        assert send_now is not None
+        outcome["before"] = [send_now(wire_frame(frame(i))) for i in range(3)]
+        message = await ws.receive()  # the client's close
+        outcome["received"] = message["type"]
+        outcome["after"] = send_now(wire_frame(frame(3)))
+        done.set()
+
+    async with serving(Starlette(routes=[WebSocketRoute("/ws", endpoint)])) as port:
+        async with connect(f"ws://127.0.0.1:{port}/ws", compression=None) as ws:
+            assert [await ws.recv() for _ in range(3)] == [frame(i) for i in range(3)]
+        async with asyncio.timeout(10):
+            await done.wait()
+    assert outcome == {"before": [True] * 3, "received": "websocket.disconnect", "after": False}

@@ -15,7 +15,7 @@ from gateway.core.cursor import Cursor, CursorCodec
 from gateway.core.ids import Epoch, KafkaOffset
 from gateway.core.replay import SubscriptionPhase
 from gateway.flows.fanout import Fanout
-from gateway.flows.subscription import CaughtUp, Item, Reset, Subscription, Update
+from gateway.flows.subscription import CaughtUp, Item, Reset, Shared, Subscription, Update
 from tests.adapters.test_downstream_log import INV, MemoryDownstreamLog, rec
 
 EPOCH = Epoch("e1")
@@ -160,3 +160,30 @@ async def test_subscriptions_at_one_cursor_share_one_update_and_cursor() -> None
     assert one.take_ready(5) == two.take_ready(5)
     assert one.cursor == Cursor(EPOCH, {INV: {0: 3}})
     await fanout.close()
+
+
+def test_one_record_means_each_cursor_its_own_update_in_any_order() -> None:
+    """Subscriptions at two cursors (one of them also as an equal but distinct object), met in
+    turn, and one already past the record: each gets the update of its own cursor, one object
+    per cursor value, whatever the identity shortcut remembered last."""
+    at_a = Cursor(EPOCH, {INV: {0: 3, 1: 0, 2: 0}})
+    at_b = Cursor(EPOCH, {INV: {0: 5, 1: 2, 2: 0}})
+    past = Cursor(EPOCH, {INV: {0: 9, 1: 0, 2: 0}})
+    equal_a = Cursor(EPOCH, {INV: {0: 3, 1: 0, 2: 0}})
+    order = [at_a, at_b, at_a, equal_a, at_b, past, at_b, at_b, at_a, at_a, equal_a, past, past]
+    record = rec(INV, 0, 7, S1)
+    shared = Shared()
+    results: list[Update | None] = []
+    for cursor in order:
+        sub = Subscription(S1, cursor, 5, lambda sub: None)
+        results.append(sub._update_for(record, shared))
+    for cursor, update in zip(order, results, strict=True):
+        if cursor is past:
+            assert update is None
+        else:
+            assert update is not None
+            assert update.cursor_after == cursor.advance(INV, 0, KafkaOffset(7))
+    a_updates = {id(u) for c, u in zip(order, results, strict=True) if c == at_a}
+    b_updates = {id(u) for c, u in zip(order, results, strict=True) if c == at_b}
+    assert len(a_updates) == len(b_updates) == 1
+    assert a_updates != b_updates
