@@ -145,6 +145,7 @@ class Subscription:
 
     __slots__ = (
         "_announced_live",
+        "_markers",
         "_max",
         "_on_close",
         "_on_fall_behind",
@@ -185,6 +186,7 @@ class Subscription:
         self.closed_reason: str | None = None
         self._max = max_items
         self._queue: deque[Item] = deque()
+        self._markers = 0  # items in the queue that are not Updates
         self._pending: list[LogRecord] = []  # live records seen while replaying
         self._pending_dropped = False
         self._ready = _Wakeup()
@@ -223,6 +225,8 @@ class Subscription:
         while True:
             if self._queue:
                 item = self._queue.popleft()
+                if type(item) is not Update:
+                    self._markers -= 1
                 self._room.set()
                 return item
             if self.closed_reason is not None:
@@ -233,7 +237,10 @@ class Subscription:
         """Up to ``limit`` items already queued, without waiting (to batch them in one frame)."""
         taken: list[Item] = []
         while self._queue and len(taken) < limit:
-            taken.append(self._queue.popleft())
+            item = self._queue.popleft()
+            if type(item) is not Update:
+                self._markers -= 1
+            taken.append(item)
         if taken:
             self._room.set()
         return taken
@@ -243,7 +250,14 @@ class Subscription:
         :data:`Writer`; what it could not write it gives back with :meth:`unread`)."""
         queue = self._queue
         full = len(queue) >= self._max  # else no replay waits for room (see _wait_for_room)
-        taken: list[Update] = []
+        taken: list[Update]
+        if not self._markers and len(queue) <= limit:  # all of them (the usual case)
+            taken = list(queue)  # type: ignore[arg-type]  # no marker: only Updates
+            queue.clear()
+            if taken and full:
+                self._room.set()
+            return taken
+        taken = []
         while queue and len(taken) < limit:
             item = queue[0]
             if not isinstance(item, Update):
@@ -339,7 +353,10 @@ class Subscription:
         """Enqueue a record unless the client has it; fall behind when the queue is full.
         ``touched``: the batch's subscriptions, flushed once at its end (``None``: wake the
         adapter now)."""
-        update = self._update_for(record, shared)
+        if shared is not None and self.cursor is shared.last_cursor:  # as in _offer
+            update = shared.last_update or None
+        else:
+            update = self._update_for(record, shared)
         if update is None:  # the client has it
             return
         if len(self._queue) >= self._max:
@@ -368,6 +385,7 @@ class Subscription:
         if not self._announced_live:
             self._announced_live = True
             self._queue.append(CaughtUp(self.cursor))
+            self._markers += 1
             self._ready.set()
 
     def _fall_behind(self) -> None:
@@ -384,6 +402,7 @@ class Subscription:
         """Queue a final :class:`Reset` (it may exceed the bound by one) and end."""
         if self.state.delivers:
             self._queue.append(Reset(reason))
+            self._markers += 1
             self._end(SubscriptionEvent.RESET, reason)
 
     def _end(self, event: SubscriptionEvent, reason: str) -> None:
@@ -393,6 +412,7 @@ class Subscription:
         self.closed_reason = reason
         if event is not SubscriptionEvent.RESET:
             self._queue.clear()  # bounded memory: nothing more goes to this client
+            self._markers = 0
         self._pending.clear()
         self._ready.set()
         self._room.set()

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from gateway.core.ids import Epoch, KafkaOffset
 from gateway.flows.fanout import Fanout
-from gateway.flows.subscription import CaughtUp, Item, Subscription, Update
+from gateway.flows.subscription import CaughtUp, Item, Reset, Subscription, Update
 from tests.adapters.test_downstream_log import INV, MemoryDownstreamLog, rec
 
 EPOCH = Epoch("e1")
@@ -170,6 +170,18 @@ async def test_items_that_are_not_updates_stay_for_the_loop() -> None:
     assert [u.record.offset for u in taken] == [0, 1]
     sub.unread(taken)
     assert [u.record.offset for u in sub.take_updates(1)] == [0]
+
+
+async def test_a_final_reset_stays_for_the_loop_after_the_updates() -> None:
+    model = Model()
+    await model.start()
+    sub = model.fanout.subscribe(S1, None)
+    sub.take_ready(1)  # its CaughtUp
+    await model.publish(2)
+    model.fanout.on_reset((INV, 0), KafkaOffset(0), "gone")
+    assert [u.record.offset for u in sub.take_updates(10)] == [0, 1]
+    assert sub.take_updates(10) == []
+    assert isinstance(await sub.next_item(), Reset)
 
 
 async def test_a_writer_frees_room_for_a_replay_waiting_on_a_full_queue() -> None:
