@@ -174,6 +174,7 @@ class Fanout:
 
     def on_reset(self, partition: PartitionKey, offset: KafkaOffset, reason: str) -> None:
         """Reset every subscription whose cursor names the partition."""
+        self._replayer.forget()
         for subs in list(self._by_channel.values()):
             for sub in list(subs):
                 if sub.cursor.position(*partition) is not None:
@@ -183,6 +184,7 @@ class Fanout:
         """A new history: every subscription gets a reset; new cursors carry ``epoch``. (When
         no epoch was known, subscriptions were waiting for one: they just go on.)"""
         known, self.epoch = self._epoch, epoch
+        self._replayer.forget()
         if known is None:
             return
         for subs in list(self._by_channel.values()):

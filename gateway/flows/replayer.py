@@ -60,6 +60,7 @@ from gateway.flows.downstream_ports import (
     PartitionKey,
     RecordChannels,
 )
+from gateway.flows.subscription import Shared
 
 if TYPE_CHECKING:
     from gateway.flows.subscription import Subscription
@@ -111,7 +112,10 @@ class Replayer:
         page_size: int = 500,
         retry_cap_s: float = 10.0,
         crash_hook: Callable[[str], None] | None = None,
+        shared_records: int = 20_000,
     ) -> None:
+        """``shared_records`` bounds the records whose updates replays share (see
+        :meth:`_shared_for`)."""
         if (history is None) != (channels is None):
             raise ValueError("replay from Kafka needs both history and channels")
         if page_size < 1 or retry_cap_s <= 0:
@@ -126,6 +130,27 @@ class Replayer:
         self._retry_cap_s = retry_cap_s
         self._crash_hook = crash_hook or (lambda point: None)
         """Testing: called at ``mid_replay`` (a page delivered, the replay not complete)."""
+        self._shared: dict[tuple[str, int, int], Shared] = {}
+        self._shared_max = shared_records
+
+    def forget(self) -> None:
+        """Drop what replays share (a partition reset or a new epoch: history restarts)."""
+        self._shared.clear()
+
+    def _shared_for(self, record: LogRecord) -> Shared:
+        """What the record means to each cursor, for every subscription that replays it: in a
+        resume storm, the subscribers of a channel read the same records from equal cursors,
+        and then share their updates (one cursor advance, one token, one JSON piece, and frames
+        shared as live ones are) instead of each building its own. Keyed by the record's place
+        in Kafka (each subscription reads its own copy of the record); bounded, cleared when
+        full."""
+        key = (record.topic, record.partition, record.offset)
+        shared = self._shared.get(key)
+        if shared is None:
+            if len(self._shared) >= self._shared_max:
+                self._shared.clear()
+            shared = self._shared[key] = Shared()
+        return shared
 
     @property
     def epoch(self) -> Epoch | None:
@@ -244,7 +269,7 @@ class Replayer:
                     await sub._wait_for_room()
                     if not sub.catching_up():
                         return
-                    sub._deliver(replace(record, channels=channels))
+                    sub._deliver(replace(record, channels=channels), self._shared_for(record))
             if sub.catching_up():
                 sub.cursor = sub.cursor.advance_to(topic, partition, reached)
             position = reached
@@ -280,8 +305,10 @@ class Replayer:
                 return False
         if not sub.catching_up():
             return False
+        shared_for = self._shared_for
         for record in page.records:
-            sub._deliver(record)  # never overflows: limit <= room, and only replay enqueues
+            # never overflows: limit <= room, and only replay enqueues
+            sub._deliver(record, shared_for(record))
         sub.cursor = sub.cursor.advance_many(moved)
         if page.records and not page.complete:
             self._crash_hook("mid_replay")

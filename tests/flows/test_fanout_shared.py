@@ -162,6 +162,28 @@ async def test_subscriptions_at_one_cursor_share_one_update_and_cursor() -> None
     await fanout.close()
 
 
+async def test_replays_from_equal_cursors_share_their_updates() -> None:
+    """A resume storm: subscriptions replaying the same records from equal cursors (distinct
+    cursor objects, each reading its own copy of the records) get the same Update objects;
+    one from a later cursor gets the right ones, the same as theirs once their cursors are
+    equal."""
+    dlog = MemoryDownstreamLog()
+    await dlog.append_batch([rec(INV, 0, n, S1) for n in range(6)], {(INV, 0): KafkaOffset(6)})
+    fanout = Fanout(dlog, EPOCH, now=lambda: {(INV, 0): KafkaOffset(6)}, page_size=4)
+    subs = [fanout.subscribe(S1, Cursor(EPOCH, {INV: {0: 1}})) for _ in range(3)]
+    other = fanout.subscribe(S1, Cursor(EPOCH, {INV: {0: 3}}))
+    await settle()
+    got = [[i for i in sub.take_ready(10) if isinstance(i, Update)] for sub in [*subs, other]]
+    assert [[u.record.offset for u in g] for g in got] == [[1, 2, 3, 4, 5]] * 3 + [[3, 4, 5]]
+    for first, second, third in zip(*got[:3], strict=True):
+        assert first is second is third
+    for group in got:
+        assert all(u.cursor_after == Cursor(EPOCH, {INV: {0: u.record.offset + 1}}) for u in group)
+    assert all(x is y for x, y in zip(got[3], got[0][2:], strict=True))
+    assert all(sub.phase is SubscriptionPhase.LIVE for sub in [*subs, other])
+    await fanout.close()
+
+
 def test_one_record_means_each_cursor_its_own_update_in_any_order() -> None:
     """Subscriptions at two cursors (one of them also as an equal but distinct object), met in
     turn, and one already past the record: each gets the update of its own cursor, one object
