@@ -360,16 +360,14 @@ class _Connection:
         the socket takes them and no send waits (never overtaken). Never raises."""
         limit = self._frame_max
         while updates := sub.take_updates(limit):
-            if not self._send_events(sub, updates, len(updates)):
+            if not self._write(sub, updates, len(updates)):
                 sub.unread(updates)
                 return
             if len(updates) < limit:
                 return  # the queue is empty or a marker leads it
 
-    def _send_events(
-        self, sub: Subscription, update: Update | Sequence[Update], count: int = 1
-    ) -> bool:
-        """The ``events`` frame of one update, or of a run of ``count`` of them, if the socket
+    def _write(self, sub: Subscription, update: Update | Sequence[Update], n: int = 1) -> bool:
+        """The ``events`` frame of one update, or of a run of ``n`` of them, if the socket
         takes it now and no send waits (never overtaken). Never raises."""
         send_now = self._send_now
         if send_now is None or self._sending or self._finished.done():
@@ -380,15 +378,10 @@ class _Connection:
             log.exception("writing to a stream of %s failed; its pump goes on", sub.channel)
             return False
         if sent:
-            endpoint = self._e  # StreamEndpoint.count_updates, inline: this runs once per frame
-            if not endpoint._unreported:
-                self._loop.call_soon(endpoint._report_updates)
-            endpoint._unreported += count
+            self._e.count_updates(n)
         return sent
 
-    write_one = _send_events
-    """:class:`~gateway.flows.subscription.Writer`: one update, never queued (a method of its
-    own would be one more call per frame)."""
+    write_one = _write  # Writer: one update, never queued (no extra call per frame)
 
     async def _publish(self, command: Publish) -> None:
         try:
