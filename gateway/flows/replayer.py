@@ -45,7 +45,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from gateway.core import replay
 from gateway.core.backoff import Backoff
@@ -60,10 +60,7 @@ from gateway.flows.downstream_ports import (
     PartitionKey,
     RecordChannels,
 )
-from gateway.flows.subscription import Shared
-
-if TYPE_CHECKING:
-    from gateway.flows.subscription import Subscription
+from gateway.flows.subscription import Shared, Subscription
 
 log = logging.getLogger(__name__)
 
