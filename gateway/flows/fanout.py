@@ -146,6 +146,7 @@ class Fanout:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._replayer.close()
 
     # -- DownstreamListener -----------------------------------------------------------------
 

@@ -36,13 +36,22 @@ every record committed after that read's snapshot is in the buffer, every record
 in the page or is below the cursor. Delivery skips records below the cursor, so records met
 twice (in Kafka or the log, and buffered) are delivered once.
 
+Subscriptions that need the same page (channel, positions, size) share one read of it: in a
+resume storm the subscribers of a channel come back from equal cursors. A page read that started
+before a subscription's buffer was last known whole (:attr:`Subscription._buffered_since_ns`)
+is delivered to it all the same (every record in it is committed and after its cursor), but is
+not its last: it reads once more, from where that page left it.
+
 Replay waits for room in the subscription's queue: a client far behind is paced, never "slow".
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final
@@ -56,6 +65,7 @@ from gateway.errors import KafkaUnavailable
 from gateway.flows.downstream_ports import (
     DownstreamLog,
     KafkaHistory,
+    LogPage,
     LogRecord,
     PartitionKey,
     RecordChannels,
@@ -90,6 +100,17 @@ class _Plan:
     """The first partition to read from Kafka."""
     waiting: set[PartitionKey] = field(default_factory=set)
     """Partitions whose next records are only in Kafka, which does not answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A page read in flight, shared by the subscriptions that need that page."""
+
+    started_ns: int
+    page: asyncio.Future[LogPage]
+
+
+_ReadKey = tuple[str, tuple[tuple[PartitionKey, KafkaOffset], ...], int]
 
 
 class Replayer:
@@ -129,10 +150,22 @@ class Replayer:
         """Testing: called at ``mid_replay`` (a page delivered, the replay not complete)."""
         self._shared: dict[tuple[str, int, int], Shared] = {}
         self._shared_max = shared_records
+        self._reads: dict[_ReadKey, _Read] = {}
 
     def forget(self) -> None:
-        """Drop what replays share (a partition reset or a new epoch: history restarts)."""
+        """Drop what replays share (a partition reset or a new epoch: history restarts); reads
+        in flight go on for those that wait for them, and no one else joins them."""
         self._shared.clear()
+        self._reads.clear()
+
+    async def close(self) -> None:
+        """Cancel the page reads in flight (their subscriptions are ended) and wait for them."""
+        reads, self._reads = list(self._reads.values()), {}
+        for read in reads:
+            read.page.cancel()
+        for read in reads:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await read.page
 
     def _shared_for(self, record: LogRecord) -> Shared:
         """What the record means to each cursor, for every subscription that replays it: in a
@@ -285,12 +318,15 @@ class Replayer:
         room = await sub._wait_for_room()
         if not sub.catching_up():
             return False
-        sub._pending_dropped = False  # from here on, every live record is buffered or flagged
+        if sub._pending_dropped:  # from here on, every live record is buffered or flagged
+            sub._pending_dropped = False
+            sub._buffered_since_ns = time.monotonic_ns()
         after = {
             key: _HELD if key in plan.waiting else (sub.cursor.position(*key) or KafkaOffset(0))
             for key in plan.keys
         }
-        page = await self._log.read([sub.channel], after, min(room, self._page))
+        read = self._read(sub.channel, after, min(room, self._page))
+        page = await asyncio.shield(read.page)  # shared: one sharer's cancel is not the others'
         moved = {
             key: offset
             for key, offset in _of(sub, page.positions).items()
@@ -309,7 +345,23 @@ class Replayer:
         sub.cursor = sub.cursor.advance_many(moved)
         if page.records and not page.complete:
             self._crash_hook("mid_replay")
-        return page.complete
+        return page.complete and sub._buffered_since_ns < read.started_ns
+
+    def _read(self, channel: str, after: dict[PartitionKey, KafkaOffset], limit: int) -> _Read:
+        """The read of this page in flight, or a new one."""
+        key = (channel, tuple(after.items()), limit)
+        read = self._reads.get(key)
+        if read is None:
+            page = asyncio.ensure_future(self._log.read([channel], after, limit))
+            read = self._reads[key] = _Read(time.monotonic_ns(), page)
+            page.add_done_callback(functools.partial(self._read_done, key, read))
+        return read
+
+    def _read_done(self, key: _ReadKey, read: _Read, page: asyncio.Future[LogPage]) -> None:
+        if self._reads.get(key) is read:
+            del self._reads[key]
+        if not page.cancelled():
+            page.exception()  # each sharer raises it; retrieved even if none is left
 
 
 def _of(

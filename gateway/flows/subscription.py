@@ -22,6 +22,7 @@ update of a live record was a third of what remained.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -145,6 +146,7 @@ class Subscription:
 
     __slots__ = (
         "_announced_live",
+        "_buffered_since_ns",
         "_markers",
         "_max",
         "_on_close",
@@ -189,6 +191,9 @@ class Subscription:
         self._markers = 0  # items in the queue that are not Updates
         self._pending: list[LogRecord] = []  # live records seen while replaying
         self._pending_dropped = False
+        self._buffered_since_ns = time.monotonic_ns()
+        """Every live record offered since this time is in ``_pending`` or ``_pending_dropped``
+        is set: a page read that started later leaves no gap at the seam with live."""
         self._ready = _Wakeup()
         self._room = _Wakeup()
         self._on_close = on_close
@@ -396,6 +401,7 @@ class Subscription:
         self.fell_behind += 1
         self._pending.clear()
         self._pending_dropped = False
+        self._buffered_since_ns = time.monotonic_ns()  # the record it refused is not buffered
         self._on_fall_behind(self)
 
     def _reset(self, reason: str) -> None:

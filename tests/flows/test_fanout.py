@@ -57,7 +57,7 @@ def offsets(items: Sequence[Item]) -> list[tuple[int, int]]:
 
 
 async def settle() -> None:
-    for _ in range(20):
+    for _ in range(50):
         await asyncio.sleep(0)
 
 
