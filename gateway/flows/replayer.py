@@ -151,6 +151,9 @@ class Replayer:
         self._shared: dict[tuple[str, int, int], Shared] = {}
         self._shared_max = shared_records
         self._reads: dict[_ReadKey, _Read] = {}
+        """Page reads that subscriptions may join (see :meth:`_read`)."""
+        self._flights: set[asyncio.Future[LogPage]] = set()
+        """Every page read in flight, joinable or forgotten."""
 
     def forget(self) -> None:
         """Drop what replays share (a partition reset or a new epoch: history restarts); reads
@@ -160,12 +163,13 @@ class Replayer:
 
     async def close(self) -> None:
         """Cancel the page reads in flight (their subscriptions are ended) and wait for them."""
-        reads, self._reads = list(self._reads.values()), {}
-        for read in reads:
-            read.page.cancel()
-        for read in reads:
+        self._reads.clear()
+        flights = list(self._flights)
+        for page in flights:
+            page.cancel()
+        for page in flights:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await read.page
+                await page
 
     def _shared_for(self, record: LogRecord) -> Shared:
         """What the record means to each cursor, for every subscription that replays it: in a
@@ -354,10 +358,12 @@ class Replayer:
         if read is None:
             page = asyncio.ensure_future(self._log.read([channel], after, limit))
             read = self._reads[key] = _Read(time.monotonic_ns(), page)
+            self._flights.add(page)
             page.add_done_callback(functools.partial(self._read_done, key, read))
         return read
 
     def _read_done(self, key: _ReadKey, read: _Read, page: asyncio.Future[LogPage]) -> None:
+        self._flights.discard(page)
         if self._reads.get(key) is read:
             del self._reads[key]
         if not page.cancelled():

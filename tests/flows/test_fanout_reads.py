@@ -28,13 +28,18 @@ class GatedLog(MemoryDownstreamLog):
         super().__init__()
         self.gate = asyncio.Event()
         self.reads: list[dict[PartitionKey, KafkaOffset]] = []
+        self.cancelled = 0
 
     async def read(
         self, channels: Collection[str], after: Mapping[PartitionKey, KafkaOffset], limit: int
     ) -> LogPage:
         self.reads.append(dict(after))
         page = await super().read(channels, after, limit)
-        await self.gate.wait()
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
         return page
 
 
@@ -152,3 +157,15 @@ async def test_a_subscription_that_fell_behind_does_not_go_live_on_a_read_from_b
     assert by_partition(got) == {0: [1, 2]}
     assert by_partition(others) == {0: [2]}
     await fanout.close()
+
+
+async def test_closing_cancels_every_read_in_flight_even_one_no_one_may_join() -> None:
+    dlog = GatedLog()
+    fanout = Fanout(dlog, EPOCH)
+    await publish(dlog, fanout, [rec(INV, 0, o, S1) for o in range(3)])
+    fanout.subscribe(S1, Cursor(EPOCH, {INV: {0: 1}}))
+    await wait_for(lambda: dlog.reads)
+    fanout.on_epoch(Epoch("e2"))  # the subscription is reset; its read can no longer be joined
+    async with asyncio.timeout(5):
+        await fanout.close()
+    assert dlog.cancelled == 1
