@@ -322,9 +322,8 @@ class Replayer:
         room = await sub._wait_for_room()
         if not sub.catching_up():
             return False
-        if sub._pending_dropped:  # from here on, every live record is buffered or flagged
-            sub._pending_dropped = False
-            sub._buffered_since_ns = time.monotonic_ns()
+        if sub._pending_dropped:
+            sub._buffer_from_now()
         after = {
             key: _HELD if key in plan.waiting else (sub.cursor.position(*key) or KafkaOffset(0))
             for key in plan.keys

@@ -400,9 +400,14 @@ class Subscription:
         self.state.handle(SubscriptionEvent.FELL_BEHIND)
         self.fell_behind += 1
         self._pending.clear()
-        self._pending_dropped = False
-        self._buffered_since_ns = time.monotonic_ns()  # the record it refused is not buffered
+        self._buffer_from_now()  # the record it refused is not buffered
         self._on_fall_behind(self)
+
+    def _buffer_from_now(self) -> None:
+        """The buffer is whole from now on: every live record offered later is in ``_pending``
+        or flags it dropped (see ``_buffered_since_ns``)."""
+        self._pending_dropped = False
+        self._buffered_since_ns = time.monotonic_ns()
 
     def _reset(self, reason: str) -> None:
         """Queue a final :class:`Reset` (it may exceed the bound by one) and end."""
