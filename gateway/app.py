@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import time
@@ -46,20 +45,12 @@ from gateway.flows.forwarder import Forwarder, ForwarderSettings
 from gateway.flows.ingest import IngestFlow
 from gateway.flows.ports import FleetDedup
 from gateway.flows.sessions import LinkState
+from gateway.gc_policy import GcPolicy, GcSettings
 from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
 CRASH_EXIT_CODE: Final = 86
-GC_THRESHOLDS: Final = (10_000, 3, 700)
-"""Python's collector counts tracked objects allocated and not yet freed: the stream path's
-short-lived acyclic objects (cursors, frames) do not add up. A young collection after 10k of
-them (Python's default: 700) and a middle one after three young ones bound a pause by what they
-scan: a storm of 10k connections makes ~1M objects, and with (50k, 20) the middle collection
-scanned them all at once, 330-420 ms; with (10k, 10), 55-95 ms each, every 0.3 s while 10k
-clients connect and every few seconds at 50k updates/s; now 18-28 ms (the same work in smaller
-pieces: each surviving object is scanned once young, once middle-aged). The full collection
-comes after as many allocations as before (~20M)."""
 
 
 def _crash_hook(point: str | None) -> Callable[[str], None]:
@@ -79,6 +70,7 @@ class Gateway:
         self.authenticate = authenticator(config)
         self.limits = subject_limits(config)
         self.metrics = GatewayMetrics()
+        self.gc = GcPolicy(GcSettings(freeze_interval_s=config.gc_freeze_interval_s), self.metrics)
         self.stopping = asyncio.Event()
         """Set by :meth:`begin_shutdown`: readiness fails, long-polls answer at once."""
         self.fleet: FleetDedup | None = None
@@ -353,12 +345,11 @@ def build_app(config: GatewayConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
-        gc.collect()
-        gc.freeze()  # start-up objects live as long as the process: never scan them again
-        gc.set_threshold(*GC_THRESHOLDS)
+        gateway.gc.start()
         try:
             yield
         finally:
+            gateway.gc.stop()
             await gateway.stop()
 
     app = Starlette(routes=gateway.routes(), lifespan=lifespan, middleware=gateway.middleware())

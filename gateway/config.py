@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.core.channels import DEFAULT_CHANNEL_RULES_SPEC
 from gateway.core.routing import DEFAULT_ROUTES
 from gateway.core.schemas import default_schema_root
+from gateway.gc_policy import DEFAULT_FREEZE_INTERVAL_S
 from gateway.logs import LogFormat
 
 KIB = 1024
@@ -235,6 +236,12 @@ class GatewayConfig(BaseSettings):
         MIB, gt=0, description="Largest websocket frame accepted from a client (1009 above)."
     )
     changes_max_wait_s: float = Field(30.0, gt=0, description="Longest long-poll of /v1/changes.")
+    gc_freeze_interval_s: float = Field(
+        DEFAULT_FREEZE_INTERVAL_S,
+        ge=0,
+        description="Seconds between two freezes of the objects that survived (out of the cycle "
+        "collector's scans: bounded pauses at any connection count); 0: only at start-up.",
+    )
     crash_point: str | None = Field(
         None,
         description="Testing only: exit abruptly at this named point: after_parse, "

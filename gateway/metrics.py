@@ -159,3 +159,22 @@ class GatewayMetrics:
             "1 when the downstream consumer is connected to Kafka, else 0.",
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "sync_gateway_gc_pause_seconds",
+            "Pauses of the event loop for Python's cycle collector, by generation collected.",
+            ["generation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.gc_collected = Counter(
+            "sync_gateway_gc_collected_objects",
+            "Objects in reference cycles the collector freed, by generation (the gateway's "
+            "connections make none: a steady rise points at a cycle).",
+            ["generation"],
+            registry=r,
+        )
+        self.gc_freezes = Counter(
+            "sync_gateway_gc_freezes",
+            "Times the surviving objects were moved out of the collector's reach (gc_policy).",
+            registry=r,
+        )
