@@ -33,6 +33,10 @@ MAX_PAYLOAD_DEPTH: Final = 32
 _CONTAINERS: Final = (dict, list)
 
 _CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_RFC3339_LOCAL: Final = r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?"
+_RFC3339: Final = re.compile(_RFC3339_LOCAL + r"(?:[Zz]|[+-]\d{2}:\d{2})")
+_RFC3339_NO_ZONE: Final = re.compile(_RFC3339_LOCAL)
+_TIME_EXAMPLE: Final = "e.g. 2026-11-21T10:00:00Z"
 
 Text128 = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
@@ -81,6 +85,16 @@ class Envelope(BaseModel):
             return EventId(str(uuid.UUID(value)))
         except ValueError:
             raise ValueError("event_id must be a UUID string") from None
+
+    @field_validator("event_time", mode="before")
+    @classmethod
+    def _rfc3339_text(cls, value: object) -> object:
+        # Lax parsing would also take a number, or a string of digits, as Unix seconds.
+        if isinstance(value, str) and _RFC3339.fullmatch(value):
+            return value  # the values (month 13, offset +25:00) are checked by the parse
+        if isinstance(value, str) and _RFC3339_NO_ZONE.fullmatch(value):
+            raise ValueError(f"event_time has no timezone (RFC 3339, {_TIME_EXAMPLE})")
+        raise ValueError(f"event_time must be an RFC 3339 datetime with timezone, {_TIME_EXAMPLE}")
 
     @property
     def effective_correlation_id(self) -> str:

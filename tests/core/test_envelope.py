@@ -47,6 +47,12 @@ def test_correlation_id_defaults_to_event_id() -> None:
         ({"event_version": 0}, "event_version", "greater"),
         ({"event_time": "2026-11-21T10:00:00"}, "event_time", "timezone"),
         ({"event_time": "yesterday"}, "event_time", "datetime"),
+        ({"event_time": 1_700_000_000}, "event_time", "RFC 3339"),  # not Unix seconds
+        ({"event_time": 1.5}, "event_time", "RFC 3339"),
+        ({"event_time": "1700000000"}, "event_time", "RFC 3339"),
+        ({"event_time": "2026-11-21T10:00Z"}, "event_time", "RFC 3339"),  # seconds required
+        ({"event_time": "2026-11-21"}, "event_time", "RFC 3339"),
+        ({"event_time": "2026-13-01T00:00:00Z"}, "event_time", "month"),
         ({"source": ""}, "source", "at least 1"),
         ({"key": None}, "key", "missing"),
         ({"key": "k" * 257}, "key", "at most 256"),
