@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.core.channels import DEFAULT_CHANNEL_RULES_SPEC
 from gateway.core.routing import DEFAULT_ROUTES
 from gateway.core.schemas import default_schema_root
-from gateway.gc_policy import DEFAULT_FREEZE_INTERVAL_S
+from gateway.gc_policy import DEFAULT_FREEZE_INTERVAL_S, MIN_FREEZE_INTERVAL_S
 from gateway.logs import LogFormat
 
 KIB = 1024
@@ -258,6 +258,11 @@ class GatewayConfig(BaseSettings):
             raise ValueError(
                 "rate_limit_events_burst must be at least max_batch_events, or a full batch "
                 "could never be admitted"
+            )
+        if 0 < self.gc_freeze_interval_s < MIN_FREEZE_INTERVAL_S:
+            raise ValueError(
+                f"gc_freeze_interval_s must be 0 (off) or at least {MIN_FREEZE_INTERVAL_S:g}: "
+                "each freeze runs a collection"
             )
         return self
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import weakref
 from collections.abc import Iterator
 
 import pytest
+from pydantic import ValidationError
 
+from gateway.config import GatewayConfig
 from gateway.gc_policy import GC_THRESHOLDS, GcPolicy, GcSettings
 from gateway.metrics import GatewayMetrics
 
@@ -129,3 +132,18 @@ async def test_each_collection_reports_its_pause_and_the_cycles_it_freed(generat
 def test_a_negative_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="freeze_interval_s"):
         GcSettings(freeze_interval_s=-1)
+
+
+@pytest.mark.parametrize("interval", [0, 1, 10, 3600])
+def test_the_setting_takes_off_or_at_least_a_second(interval: float) -> None:
+    assert GatewayConfig(gc_freeze_interval_s=interval).gc_freeze_interval_s == interval
+
+
+@pytest.mark.parametrize(
+    ("interval", "words"), [(0.5, "0 (off) or at least 1"), (-1, "greater than or equal to 0")]
+)
+def test_the_setting_refuses_a_collection_more_than_once_a_second(
+    interval: float, words: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(words)):
+        GatewayConfig(gc_freeze_interval_s=interval)
