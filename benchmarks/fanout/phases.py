@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from hdrh.histogram import HdrHistogram
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.common import Figures, new_histogram
 from benchmarks.fanout.clients import Workers
@@ -77,10 +79,53 @@ class Live:
     rss_connected: int = 0
     rss_peak: int = 0
     sample: str | None = None
+    collector: dict[str, tuple[int, float]] | None = None
+    """The gateways' cycle collections in the phase, by generation: count and seconds paused."""
 
     @property
     def figures(self) -> Figures:
         return Figures(self.label, self.delivered, self.seconds, self.latency)
+
+
+CollectorTotals = dict[str, tuple[int, float]]
+
+
+async def collector_totals(urls: list[str]) -> CollectorTotals:
+    """Collections and their pause so far, by generation, summed over the gateways."""
+    totals: CollectorTotals = {}
+    for url in urls:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            text = (await http.get("/metrics")).raise_for_status().text
+        totals = collector_delta({}, collector_totals_of(text), totals)
+    return totals
+
+
+def collector_totals_of(metrics_text: str) -> CollectorTotals:
+    """``sync_gateway_gc_pause_seconds`` of one ``GET /metrics`` answer: per generation, the
+    count and sum (seconds)."""
+    totals: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "sync_gateway_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            slot = {"_count": 0, "_sum": 1}.get(sample.name.removeprefix(family.name))
+            if slot is not None:
+                totals.setdefault(sample.labels["generation"], [0.0, 0.0])[slot] = sample.value
+    return {g: (int(count), seconds) for g, (count, seconds) in sorted(totals.items())}
+
+
+def collector_delta(
+    before: CollectorTotals, after: CollectorTotals, plus: CollectorTotals | None = None
+) -> CollectorTotals:
+    """``after - before`` (``+ plus``), per generation."""
+    zero, plus = (0, 0.0), plus or {}
+    return {
+        g: (
+            n - before.get(g, zero)[0] + plus.get(g, zero)[0],
+            s - before.get(g, zero)[1] + plus.get(g, zero)[1],
+        )
+        for g, (n, s) in after.items()
+    }
 
 
 def ws_url(http_url: str) -> str:
@@ -216,6 +261,7 @@ async def gateway_live(
         return produced.per_channel, produced.started
 
     fleet = f" ({len(gateways)} processes)" if len(gateways) > 1 else ""
+    collected = await collector_totals([g.url for g in gateways])
     live = await measure(
         f"gateway{fleet}, {shape.connections:,} conns, {rate:,.0f} upd/s in",
         rate,
@@ -226,6 +272,7 @@ async def gateway_live(
         gw_pids,
         {"broker": process_pid(broker)},
     )
+    live.collector = collector_delta(collected, await collector_totals([g.url for g in gateways]))
     live.connect_s = connect_s
     live.rss_idle, live.rss_connected = rss_idle, rss_connected
     live.rss_peak = await watch.stop()

@@ -98,6 +98,8 @@ def report(
                 f" {x.connect_s:.1f}s"
             )
             print(f"    {cpu_text(x)}")
+            if x.collector is not None:
+                print(f"    {collector_text(x.collector)}")
     if storm is not None:
         ok = (
             storm.exact == storm.clients
@@ -129,6 +131,13 @@ def report(
         f"\n  goal: >= {GOAL_DELIVERED:,} updates/s delivered with p99 < 100 ms"
         " (the product's statement); the figures above are this machine's."
     )
+
+
+def collector_text(collector: dict[str, tuple[int, float]]) -> str:
+    parts = [
+        f"generation {g}: {n:,} ({seconds * 1000:,.0f} ms)" for g, (n, seconds) in collector.items()
+    ]
+    return "cycle collections in the phase (server), by generation: " + (", ".join(parts) or "none")
 
 
 def client_name(args: argparse.Namespace) -> str:
