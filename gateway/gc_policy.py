@@ -65,9 +65,7 @@ class GcPolicy:
 
     def __init__(self, settings: GcSettings, metrics: GatewayMetrics) -> None:
         self._settings = settings
-        self._freezes = metrics.gc_freezes
-        self._pauses = [metrics.gc_pause.labels(str(g)) for g in range(3)]
-        self._collected = [metrics.gc_collected.labels(str(g)) for g in range(3)]
+        self._stats = metrics.collector
         self._started_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -97,7 +95,7 @@ class GcPolicy:
         """Free the young cycles, then freeze every object still alive."""
         gc.collect(1)
         gc.freeze()
-        self._freezes.inc()
+        self._stats.freezes += 1
 
     def _schedule(self) -> None:
         assert self._loop is not None
@@ -108,11 +106,9 @@ class GcPolicy:
         self._schedule()
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
-        # Runs inside every collection, on whichever thread triggered it: two calls, no I/O.
+        # Runs inside every collection, on whichever thread triggered it: no lock, no I/O.
         if phase == "start":
             self._started_at = time.perf_counter()
-            return
-        generation = info["generation"]
-        self._pauses[generation].observe(time.perf_counter() - self._started_at)
-        if collected := info["collected"]:
-            self._collected[generation].inc(collected)
+        else:
+            pause_s = time.perf_counter() - self._started_at
+            self._stats.observe(info["generation"], pause_s, info["collected"])

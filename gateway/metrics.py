@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
+from itertools import accumulate
+from typing import Final
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -159,22 +166,60 @@ class GatewayMetrics:
             "1 when the downstream consumer is connected to Kafka, else 0.",
             registry=r,
         )
-        self.gc_pause = Histogram(
+        self.collector = CollectorStats()
+        """The cycle collector's figures, filled in by :class:`gateway.gc_policy.GcPolicy`."""
+        r.register(self.collector)
+
+
+class CollectorStats(Collector):
+    """The cycle collector's pauses, freed cycles and freezes, by generation.
+
+    Written from inside a collection (a ``gc.callbacks`` entry runs in whatever code allocated
+    when the collection began) and exported at scrape time. It takes no lock: a callback that
+    waited for a lock the interrupted code holds would wait forever (prometheus/client_python
+    issue 363, the reason its own GC collector works this way), so it only adds to lists.
+    """
+
+    PAUSE_BOUNDS: Final = _LATENCY_BUCKETS
+    _BOUND_LABELS: Final = [str(float(bound)) for bound in PAUSE_BOUNDS] + ["+Inf"]
+
+    def __init__(self) -> None:
+        self._buckets = [[0] * (len(self.PAUSE_BOUNDS) + 1) for _ in range(3)]
+        self._pause_s = [0.0] * 3
+        self._collected = [0] * 3
+        self.freezes = 0
+
+    def observe(self, generation: int, pause_s: float, collected: int) -> None:
+        """One collection of ``generation``: its pause and the objects it freed."""
+        self._buckets[generation][bisect_left(self.PAUSE_BOUNDS, pause_s)] += 1
+        self._pause_s[generation] += pause_s
+        self._collected[generation] += collected
+
+    def collect(self) -> Iterator[Metric]:
+        pause = HistogramMetricFamily(
             "sync_gateway_gc_pause_seconds",
             "Pauses of the event loop for Python's cycle collector, by generation collected.",
-            ["generation"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            labels=["generation"],
         )
-        self.gc_collected = Counter(
+        freed = CounterMetricFamily(
             "sync_gateway_gc_collected_objects",
             "Objects in reference cycles the collector freed, by generation (the gateway's "
             "connections make none: a steady rise points at a cycle).",
-            ["generation"],
-            registry=r,
+            labels=["generation"],
         )
-        self.gc_freezes = Counter(
+        for generation in range(3):
+            label = [str(generation)]
+            counts = list(accumulate(self._buckets[generation]))
+            buckets = list(zip(self._BOUND_LABELS, counts, strict=True))
+            pause.add_metric(label, buckets, self._pause_s[generation])
+            freed.add_metric(label, self._collected[generation])
+        yield pause
+        yield freed
+        yield CounterMetricFamily(
             "sync_gateway_gc_freezes",
             "Times the surviving objects were moved out of the collector's reach (gc_policy).",
-            registry=r,
+            value=self.freezes,
         )
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()

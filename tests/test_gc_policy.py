@@ -147,3 +147,20 @@ def test_the_setting_refuses_a_collection_more_than_once_a_second(
 ) -> None:
     with pytest.raises(ValidationError, match=re.escape(words)):
         GatewayConfig(gc_freeze_interval_s=interval)
+
+
+def test_a_pause_counts_in_the_first_bucket_at_or_above_it() -> None:
+    metrics = GatewayMetrics()
+    for pause_s in (0.01, 0.0100001, 11.0):  # on a bound, just above it, above them all
+        metrics.collector.observe(2, pause_s, 0)
+
+    def bucket(le: str) -> float:
+        value = metrics.registry.get_sample_value(
+            "sync_gateway_gc_pause_seconds_bucket", {"generation": "2", "le": le}
+        )
+        assert value is not None
+        return value
+
+    assert (bucket("0.005"), bucket("0.01"), bucket("0.025"), bucket("10.0")) == (0, 1, 2, 2)
+    assert bucket("+Inf") == 3
+    assert sample(metrics, "sync_gateway_gc_pause_seconds_sum", 2) == pytest.approx(11.0200001)

@@ -7,18 +7,16 @@ from prometheus_client import generate_latest
 
 from benchmarks.fanout.phases import collector_delta, collector_totals_of
 from benchmarks.fanout.report import collector_text
-from gateway.gc_policy import GcPolicy, GcSettings
 from gateway.metrics import GatewayMetrics
 
 
 def test_pauses_are_read_per_generation_and_differenced() -> None:
     metrics = GatewayMetrics()
-    GcPolicy(GcSettings(freeze_interval_s=0), metrics)  # its three generations exported
-    metrics.gc_pause.labels("0").observe(0.002)
+    metrics.collector.observe(0, 0.002, 0)
     before = collector_totals_of(generate_latest(metrics.registry).decode())
     for seconds in (0.010, 0.020):
-        metrics.gc_pause.labels("1").observe(seconds)
-    metrics.gc_pause.labels("0").observe(0.001)
+        metrics.collector.observe(1, seconds, 0)
+    metrics.collector.observe(0, 0.001, 0)
 
     after = collector_totals_of(generate_latest(metrics.registry).decode())
     phase = collector_delta(before, after)
