@@ -73,11 +73,11 @@ class GcPolicy:
     def start(self) -> None:
         """Called on the event loop once the gateway has started: what exists now lives as long
         as the process, so it is collected once and frozen; then the periodic freeze begins."""
+        self.stop()  # started twice: still one timer, one callback
         gc.collect()
         gc.freeze()
         gc.set_threshold(*self._settings.thresholds)
-        if self._on_gc not in gc.callbacks:
-            gc.callbacks.append(self._on_gc)
+        gc.callbacks.append(self._on_gc)
         if self._settings.freeze_interval_s > 0:
             self._loop = asyncio.get_running_loop()
             self._schedule()

@@ -164,3 +164,16 @@ def test_a_pause_counts_in_the_first_bucket_at_or_above_it() -> None:
     assert (bucket("0.005"), bucket("0.01"), bucket("0.025"), bucket("10.0")) == (0, 1, 2, 2)
     assert bucket("+Inf") == 3
     assert sample(metrics, "sync_gateway_gc_pause_seconds_sum", 2) == pytest.approx(11.0200001)
+
+
+async def test_started_twice_it_still_reports_each_collection_once() -> None:
+    metrics = GatewayMetrics()
+    policy = GcPolicy(GcSettings(freeze_interval_s=0.02), metrics)
+    policy.start()
+    policy.start()
+    try:
+        gc.collect(0)
+        assert sample(metrics, "sync_gateway_gc_pause_seconds_count", 0) == 1
+    finally:
+        policy.stop()
+    assert all(getattr(cb, "__self__", None) is not policy for cb in gc.callbacks)

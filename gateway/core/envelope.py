@@ -33,7 +33,7 @@ MAX_PAYLOAD_DEPTH: Final = 32
 _CONTAINERS: Final = (dict, list)
 
 _CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_RFC3339_LOCAL: Final = r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?"
+_RFC3339_LOCAL: Final = r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?"
 _RFC3339: Final = re.compile(_RFC3339_LOCAL + r"(?:[Zz]|[+-]\d{2}:\d{2})")
 _RFC3339_NO_ZONE: Final = re.compile(_RFC3339_LOCAL)
 _TIME_EXAMPLE: Final = "e.g. 2026-11-21T10:00:00Z"

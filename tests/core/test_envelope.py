@@ -118,3 +118,18 @@ def test_non_object_event_is_rejected() -> None:
     rejection = parse_envelope(["not", "an", "object"])
     assert isinstance(rejection, Rejection)
     assert rejection.code is RejectCode.INVALID_ENVELOPE
+
+
+@pytest.mark.parametrize(
+    "event_time",
+    [
+        "2026-11-21T10:00:00Z",
+        "2026-11-21t10:00:00z",
+        "2026-11-21 10:00:00+00:00",  # RFC 3339 allows a space for readability
+        "2026-11-21T10:00:00.123456789012-05:30",  # any number of fraction digits
+    ],
+)
+def test_rfc3339_times_are_accepted(event_time: str) -> None:
+    parsed = parse_envelope(order_placed(event_time=event_time))
+    assert isinstance(parsed, tuple), parsed
+    assert parsed[0].event_time.tzinfo is not None
