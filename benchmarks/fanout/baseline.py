@@ -11,10 +11,10 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 
 from benchmarks.fanout.clients import SUBPROTOCOL, Workers
-from benchmarks.fanout.phases import Live, Shape, connect_all, measure
+from benchmarks.fanout.phases import Live, Send, Shape, connect_all, measure
 from benchmarks.fanout.processes import Child, RssWatch, quiet_child, rss_bytes, serve_commands
 from benchmarks.fanout.updates import TIME_CHARS, TIME_MARK, rfc3339_us
 
@@ -81,25 +81,56 @@ class BaselineServer:
         }
 
 
+def serve_subscribers(server: BaselineServer, port: int) -> Server:
+    """The websockets server of a baseline, on loopback."""
+    return serve(
+        server.handler,
+        "127.0.0.1",
+        port,
+        subprotocols=[SUBPROTOCOL],
+        compression=None,
+        ping_interval=20,
+        ping_timeout=20,
+        backlog=4096,
+    )
+
+
 def baseline_server_main(conn: Connection, port: int) -> None:
     quiet_child()
     server = BaselineServer()
 
     async def main() -> None:
-        async with serve(
-            server.handler,
-            "127.0.0.1",
-            port,
-            subprotocols=[SUBPROTOCOL],
-            compression=None,
-            ping_interval=20,
-            ping_timeout=20,
-            backlog=4096,
-        ):
+        async with serve_subscribers(server, port):
             conn.send("ready")
             await serve_commands(conn, {"run": server.run})
 
     asyncio.run(main())
+
+
+async def server_live(
+    server: Child,
+    port: int,
+    label: str,
+    rate: float,
+    workers: Workers,
+    shape: Shape,
+    args: argparse.Namespace,
+    send: Send,
+    others: dict[str, int],
+) -> Live:
+    """A baseline server's live phase, once it answered "ready": connect the clients,
+    :func:`measure` what ``send`` sends, disconnect them."""
+    rss_idle = rss_bytes(server.pid)
+    connect_s = await connect_all(workers, [f"ws://127.0.0.1:{port}/v1/stream"], shape, args)
+    rss_connected = rss_bytes(server.pid)
+    watch = RssWatch(server.pid)
+    watch.start()
+    live = await measure(label, rate, workers, shape, args, send, [server.pid], others)
+    live.connect_s = connect_s
+    live.rss_idle, live.rss_connected = rss_idle, rss_connected
+    live.rss_peak = await watch.stop()
+    await workers.all("disconnect", 60, timeout_s=30)
+    return live
 
 
 async def baseline_live(
@@ -111,11 +142,6 @@ async def baseline_live(
     server = Child(baseline_server_main, port)
     try:
         await server.answer(30)  # "ready"
-        rss_idle = rss_bytes(server.pid)
-        connect_s = await connect_all(workers, [f"ws://127.0.0.1:{port}/v1/stream"], shape, args)
-        rss_connected = rss_bytes(server.pid)
-        watch = RssWatch(server.pid)
-        watch.start()
         count = int(rate * args.seconds)
 
         async def send() -> tuple[list[int], float]:
@@ -132,20 +158,7 @@ async def baseline_live(
             ]
             return per_channel, float(answer["started"])
 
-        live = await measure(
-            f"baseline, {shape.connections:,} conns, {rate:,.0f} frames/s",
-            rate,
-            workers,
-            shape,
-            args,
-            send,
-            [server.pid],
-            {},
-        )
-        live.connect_s = connect_s
-        live.rss_idle, live.rss_connected = rss_idle, rss_connected
-        live.rss_peak = await watch.stop()
-        await workers.all("disconnect", 60, timeout_s=30)
-        return live
+        label = f"baseline, {shape.connections:,} conns, {rate:,.0f} frames/s"
+        return await server_live(server, port, label, rate, workers, shape, args, send, {})
     finally:
         server.close()

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 from benchmarks import fanout as package
 from benchmarks.common import Figures
 from benchmarks.fanout.baseline import baseline_live
+from benchmarks.fanout.bridge import bridge_live
 from benchmarks.fanout.clients import Workers
 from benchmarks.fanout.phases import Live, Shape, gateway_live, kafka_alone, process_pid
 from benchmarks.fanout.processes import raise_fd_limit, rss_bytes
@@ -52,7 +53,7 @@ async def run(
     workers = Workers(args.workers)
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, client_id="bench-fanout")
     await producer.start()
-    results: list[tuple[Live, Live | None]] = []
+    results: list[tuple[Live, Live | None, Live | None]] = []
     storm: Storm | None = None
     kafka: Figures | None = None
     print(
@@ -126,8 +127,12 @@ async def run(
         template = next((x.sample for x in lives if x.sample), None)
         if template is None and not args.no_baseline:
             print("    no gateway frame to copy: no baseline", flush=True)
+        bridge_topic = f"{topics.prefix}.bridge"  # a topic the gateway does not consume
+        if template is not None and not args.no_baseline:
+            await create_topic(broker.bootstrap, bridge_topic, PARTITIONS)
         for live in lives:
             base: Live | None = None
+            bridged: Live | None = None
             if template is not None and not args.no_baseline:
                 section(
                     f"(3) baseline: bare websockets server, {live.connections:,} connections,"
@@ -135,7 +140,16 @@ async def run(
                 )
                 shape = Shape(live.connections, args.channels, args.workers)
                 base = await baseline_live(workers, shape, live.rate, template, args)
-            results.append((live, base))
+                phase += 1
+                section(
+                    f"(4) baseline: Kafka consumer + broadcast(), {live.connections:,}"
+                    f" connections, {live.rate:,.0f} updates/s produced ..."
+                )
+                kafka_side = (broker.bootstrap, process_pid(broker), producer, bridge_topic)
+                bridged = await bridge_live(
+                    workers, shape, live.rate, template, args, kafka_side, updates, phase
+                )
+            results.append((live, base, bridged))
     finally:
         await producer.stop()
         workers.close()

@@ -88,6 +88,8 @@ class Live:
 
 
 CollectorTotals = dict[str, tuple[int, float]]
+Send = Callable[[], Coroutine[Any, Any, tuple[list[int], float]]]
+"""Sends a phase's updates: their count per channel and the wall-clock time of the first."""
 
 
 async def collector_totals(urls: list[str]) -> CollectorTotals:
@@ -175,7 +177,7 @@ async def measure(
     workers: Workers,
     shape: Shape,
     args: argparse.Namespace,
-    send: Callable[[], Coroutine[Any, Any, tuple[list[int], float]]],
+    send: Send,
     server_pids: list[int],
     others: dict[str, int],
 ) -> Live:
@@ -293,13 +295,7 @@ async def kafka_alone(
     """Kafka's share of the latency: the same updates at the same rate, read by a bare
     ``read_committed`` consumer with the gateway's fetch settings, in this process."""
     await wait_for_leaders(producer, topic)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        fetch_max_wait_ms=CONSUMER_FETCH_MAX_WAIT_MS,
-    )
-    await consumer.start()
+    consumer = await consumer_at_end(bootstrap, topic)
     histogram = new_histogram()
     seen = 0
     stop = asyncio.Event()
@@ -318,11 +314,6 @@ async def kafka_alone(
                     seen += 1
 
     try:
-        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(partitions)
-        await consumer.seek_to_end(*partitions)
-        for tp in partitions:
-            await consumer.position(tp)  # resolve the end offsets before producing
         reader = asyncio.create_task(read())
         count = int(rate * seconds)
         produced = await produce(producer, topic, updates, phase, channels, count, rate)
@@ -337,3 +328,25 @@ async def kafka_alone(
         stop.set()
         await consumer.stop()
     return Figures("Kafka alone: bare read_committed consumer", seen, elapsed, histogram)
+
+
+async def consumer_at_end(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+    """A started bare ``read_committed`` consumer with the gateway's fetch settings, on every
+    partition of ``topic`` at its end (resolved: what is produced from now on is read)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=CONSUMER_FETCH_MAX_WAIT_MS,
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await consumer.position(tp)
+    except BaseException:
+        await consumer.stop()
+        raise
+    return consumer

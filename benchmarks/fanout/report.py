@@ -53,11 +53,11 @@ def section(title: str) -> None:
 
 def report(
     args: argparse.Namespace,
-    results: list[tuple[Live, Live | None]],
+    results: list[tuple[Live, Live | None, Live | None]],
     storm: Storm | None,
     kafka: Figures | None,
 ) -> None:
-    size = next((len(x.sample.encode()) for x, _ in results if x.sample), 0)
+    size = next((len(x.sample.encode()) for x, _, _ in results if x.sample), 0)
     section(
         f"results: updates/s delivered (sum over clients), ratio to the baseline, latency from"
         f" produce to client receipt ({args.channels} channels, {size}-byte events frames,"
@@ -68,18 +68,19 @@ def report(
         + (f"; after {args.warmup:g}s of gateway traffic not measured" if args.warmup else "")
         + "):"
     )
-    for live, base in results:
+    for live, base, bridged in results:
         baseline_rate = base.figures.rate if base is not None else None
         print(row(live.figures, baseline_rate))
-        if base is not None:
-            print(row(base.figures, baseline_rate))
+        for other in (base, bridged):
+            if other is not None:
+                print(row(other.figures, baseline_rate))
     if storm is not None:
         print(row(storm.figures, None, "  (latency: per-client catch-up time)"))
     if kafka is not None:
         print(row(kafka, None, "  (records/s, 1 reader)"))
     print()
-    for live, base in results:
-        for x in (live, base):
+    for live, base, bridged in results:
+        for x in (live, base, bridged):
             if x is None:
                 continue
             per_conn = (x.rss_connected - x.rss_idle) / x.connections
