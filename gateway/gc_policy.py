@@ -68,7 +68,6 @@ class GcPolicy:
         self._stats = metrics.collector
         self._started_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         """Called on the event loop once the gateway has started: what exists now lives as long
@@ -79,7 +78,6 @@ class GcPolicy:
         gc.set_threshold(*self._settings.thresholds)
         gc.callbacks.append(self._on_gc)
         if self._settings.freeze_interval_s > 0:
-            self._loop = asyncio.get_running_loop()
             self._schedule()
 
     def stop(self) -> None:
@@ -98,8 +96,9 @@ class GcPolicy:
         self._stats.freezes += 1
 
     def _schedule(self) -> None:
-        assert self._loop is not None
-        self._timer = self._loop.call_later(self._settings.freeze_interval_s, self._tick)
+        self._timer = asyncio.get_running_loop().call_later(
+            self._settings.freeze_interval_s, self._tick
+        )
 
     def _tick(self) -> None:
         self.freeze_survivors()
