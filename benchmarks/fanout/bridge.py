@@ -43,8 +43,6 @@ class Bridge:
         at = template.find(TIME_MARK) + len(TIME_MARK)
         self._head, self._tail = template[:at], template[at + TIME_CHARS :]
         self._server = server
-        self.records = 0
-        self.deliveries = 0
 
     def frame(self, value: bytes) -> str:
         """The template stamped with the record's ``event_time``."""
@@ -60,8 +58,6 @@ class Bridge:
                 for message in messages:
                     subs = subscribers.get(channel_of(message.key), ())
                     broadcast(subs, self.frame(message.value))
-                    self.records += 1
-                    self.deliveries += len(subs)
 
 
 def bridge_server_main(
@@ -71,9 +67,6 @@ def bridge_server_main(
     server = BaselineServer()
     bridge = Bridge(server, template)
 
-    async def stats() -> dict[str, Any]:
-        return {"records": bridge.records, "deliveries": bridge.deliveries}
-
     async def main() -> None:
         consumer = await consumer_at_end(bootstrap, topic)
         try:
@@ -81,7 +74,7 @@ def bridge_server_main(
                 task = asyncio.create_task(bridge.run(consumer))
                 conn.send("ready")
                 try:
-                    await serve_commands(conn, {"stats": stats})
+                    await serve_commands(conn, {})  # until "quit"
                 finally:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
