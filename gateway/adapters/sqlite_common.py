@@ -205,8 +205,10 @@ class WalCheckpointer:
     most every ``interval_s`` and never two at once; ``PASSIVE``, so it waits for no reader
     and no writer. A failed one is logged: the WAL only grows until the next succeeds."""
 
-    def __init__(self, path: Path, what: str, interval_s: float = 0.5) -> None:
+    def __init__(self, path: Path, what: str, interval_s: float = 0.5, *pragmas: str) -> None:
+        """``pragmas`` for the checkpoints' connection (a checkpoint syncs as it is set to)."""
         self._path = path
+        self._pragmas = pragmas
         self._what = what
         self._interval_s = interval_s
         self._db: aiosqlite.Connection | None = None
@@ -214,7 +216,7 @@ class WalCheckpointer:
         self._last = 0.0
 
     async def open(self) -> None:
-        self._db = await connect(self._path, f"cannot open {self._what}")
+        self._db = await connect(self._path, f"cannot open {self._what}", *self._pragmas)
 
     def due(self) -> None:
         """A commit happened: start a checkpoint unless one runs or ran lately."""

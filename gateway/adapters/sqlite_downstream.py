@@ -5,13 +5,17 @@ order; ``record_channels`` indexes them by (channel, seq), so a subscriber's rep
 range scan. ``positions`` holds, per partition, the next offset to consume and the offset from
 which the log is complete (``start``).
 
-Why ``synchronous=NORMAL`` is enough here, unlike the event store's ``FULL``: Kafka is the
-source of truth and every batch's records and consumer positions are committed in one
-transaction. A process crash loses nothing (WAL); a power or OS failure can only lose the last
-commits whole, with their positions, and the file stays consistent. The consumer then resumes
-from the older positions and reads those records again, with the same offsets: neither a gap
-nor a duplicate appears in the log. (A cursor issued just before may be ahead of the log for a
-moment; that is the ordinary "cursor at or past the log's next offset" case of replay.)
+Why ``synchronous=OFF`` (no sync at all, not even at checkpoints), unlike the event store's
+``FULL``: Kafka is the source of truth and every batch's records and consumer positions are
+committed in one transaction. A process crash loses nothing: what SQLite wrote is in the
+kernel's page cache. Only a stop of the machine (power, kernel crash) can tear the file, so
+while the log is open an :class:`~gateway.adapters.open_marker.OpenMarker` next to it names
+the boot it was opened in; if the machine stopped with the log open, the next open discards
+the file and the log refills from Kafka (cursors older than it are replayed from Kafka or
+reset, as for any log that does not go back far enough). With ``NORMAL``, each checkpoint's
+syncs stalled the writer's next commits on this machine's ext4: at 1k connections and 50k
+updates/s, p50 54-55 ms and p99 106-179 ms against 34-35 and 78-94 ms with ``OFF`` (the same
+as with the log on tmpfs).
 
 Each new record gets ``seq = max(seq) + 1``, so within a partition ``seq`` grows with the
 offset: a read finds its lower ``seq`` bound from the cursor's offsets with one index seek per
@@ -40,6 +44,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +53,7 @@ from typing import Any, Final, TypeVar
 import aiosqlite
 import msgpack
 
+from gateway.adapters.open_marker import OpenMarker, current_boot_id
 from gateway.adapters.sqlite_common import (
     SqliteWriter,
     WalCheckpointer,
@@ -72,7 +78,13 @@ from gateway.flows.downstream_ports import (
     SnapshotPage,
 )
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+
+_UNSYNCED: Final = "PRAGMA synchronous=OFF"
+"""On the writer and on the checkpoints' connection (a checkpoint syncs as the connection that
+runs it is set to); see the module docstring."""
 
 _PRUNE_CHUNK: Final = 1000
 """Most records of one partition deleted per transaction: a transaction holds the event loop
@@ -111,9 +123,11 @@ class SqliteDownstreamLog:
         *,
         snapshot_families: Collection[str] = ("inventory",),
         checkpoint_interval_s: float = 0.5,
+        boot_id: Callable[[], str | None] = current_boot_id,
     ) -> None:
         """``checkpoint_interval_s``: the least time between two WAL checkpoints (each runs
-        off the event loop, see :class:`~gateway.adapters.sqlite_common.WalCheckpointer`)."""
+        off the event loop, see :class:`~gateway.adapters.sqlite_common.WalCheckpointer`).
+        ``boot_id`` names the machine's current boot (see the module docstring)."""
         if isinstance(snapshot_families, str):
             raise TypeError("snapshot_families is a collection of family names, not one string")
         self._path = path
@@ -122,7 +136,11 @@ class SqliteDownstreamLog:
         self._reader: aiosqlite.Connection | None = None
         self._read_lock = asyncio.Lock()
         self._writes = DownstreamWrites(self._families)
-        self._checkpoints = WalCheckpointer(path, f"downstream log {path}", checkpoint_interval_s)
+        self._checkpoints = WalCheckpointer(
+            path, f"downstream log {path}", checkpoint_interval_s, _UNSYNCED
+        )
+        self._marker = OpenMarker(path.with_name(path.name + ".open"), boot_id)
+        self._marked = False
 
     @property
     def path(self) -> Path:
@@ -134,11 +152,10 @@ class SqliteDownstreamLog:
 
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._mark_open)
         what = f"cannot open downstream log {self._path}"
         writer = SqliteWriter(self._path, f"downstream log {self._path}")
-        writer.open(
-            "PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA wal_autocheckpoint=0"
-        )
+        writer.open("PRAGMA journal_mode=WAL", _UNSYNCED, "PRAGMA wal_autocheckpoint=0")
         try:
             writer.run(self._writes.create_schema, "creating the schema")
             reader = await connect(self._path, what)
@@ -164,6 +181,24 @@ class SqliteDownstreamLog:
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
+        if self._marked:
+            await asyncio.to_thread(self._marker.mark_closed, _database_files(self._path))
+            self._marked = False
+
+    def _mark_open(self) -> None:
+        if self._marker.left_by_a_stopped_machine():
+            log.warning(
+                "downstream log %s was open when the machine stopped: discarded (it may be"
+                " torn); it refills from Kafka",
+                self._path,
+            )
+            try:
+                for file in _database_files(self._path):
+                    file.unlink(missing_ok=True)
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot discard {self._path}: {exc}") from exc
+        self._marker.mark_open()
+        self._marked = True
 
     async def __aenter__(self) -> SqliteDownstreamLog:
         await self.open()
@@ -346,3 +381,8 @@ def _channels_of(text: str) -> tuple[str, ...]:
 
 async def _end_read(db: aiosqlite.Connection) -> None:
     await db.execute("ROLLBACK")  # a read transaction: nothing to keep
+
+
+def _database_files(path: Path) -> tuple[Path, ...]:
+    """The database file and SQLite's files beside it."""
+    return (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal")))

@@ -129,7 +129,8 @@ def _array_header(length: int) -> bytes:
 
 class _Signer:
     """HMAC-SHA256(key, context | signed), truncated; the keyed state is prepared once and
-    copied per tag (the standard library's ``hmac`` object supports ``copy()``)."""
+    copied per tag (the standard library's ``hmac`` object supports ``copy()``; its one-shot
+    ``hmac.digest`` sets the key up again on every call, and costs more)."""
 
     __slots__ = ("_keyed",)
 
@@ -143,6 +144,12 @@ class _Signer:
         mac = self._keyed.copy()
         mac.update(signed)
         return mac.digest()[:TAG_BYTES]
+
+
+@lru_cache(maxsize=64)
+def _packed_epoch(epoch: Epoch) -> bytes:
+    packed: bytes = msgpack.packb(epoch)
+    return packed
 
 
 class Cursor:
@@ -295,7 +302,7 @@ class Cursor:
 
     def _body(self) -> bytes:
         """msgpack of ``[epoch, [[topic, [partition, offset, ...]], ...]]`` from cached pieces."""
-        pieces = [b"\x92", msgpack.packb(self._epoch), _array_header(len(self._positions))]
+        pieces = [b"\x92", _packed_epoch(self._epoch), _array_header(len(self._positions))]
         for topic, parts in self._positions.items():
             packed = self._packed.get(topic)
             if packed is None:
