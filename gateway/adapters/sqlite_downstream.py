@@ -82,9 +82,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_UNSYNCED: Final = "PRAGMA synchronous=OFF"
+UNSYNCED: Final = "PRAGMA synchronous=OFF"
 """On the writer and on the checkpoints' connection (a checkpoint syncs as the connection that
 runs it is set to); see the module docstring."""
+WRITER_PRAGMAS: Final = ("PRAGMA journal_mode=WAL", UNSYNCED, "PRAGMA wal_autocheckpoint=0")
+"""The writer's settings: WAL, no syncs, no checkpoint run by a commit (they run on a thread)."""
 
 _PRUNE_CHUNK: Final = 1000
 """Most records of one partition deleted per transaction: a transaction holds the event loop
@@ -137,7 +139,7 @@ class SqliteDownstreamLog:
         self._read_lock = asyncio.Lock()
         self._writes = DownstreamWrites(self._families)
         self._checkpoints = WalCheckpointer(
-            path, f"downstream log {path}", checkpoint_interval_s, _UNSYNCED
+            path, f"downstream log {path}", checkpoint_interval_s, UNSYNCED
         )
         self._marker = OpenMarker(path.with_name(path.name + ".open"), boot_id)
         self._marked = False
@@ -155,7 +157,7 @@ class SqliteDownstreamLog:
         await asyncio.to_thread(self._mark_open)
         what = f"cannot open downstream log {self._path}"
         writer = SqliteWriter(self._path, f"downstream log {self._path}")
-        writer.open("PRAGMA journal_mode=WAL", _UNSYNCED, "PRAGMA wal_autocheckpoint=0")
+        writer.open(*WRITER_PRAGMAS)
         try:
             writer.run(self._writes.create_schema, "creating the schema")
             reader = await connect(self._path, what)
