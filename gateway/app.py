@@ -176,6 +176,10 @@ class Gateway:
         self.consumer.add_listener(self.fanout)
         self.codec = CursorCodec(cursor_key(config))
         self.metrics.downstream_lag.set_function(lambda: self.consumer.lag or 0)
+        downstream = self.metrics.downstream
+        downstream.set_function("records", lambda: self.consumer.consumed)
+        downstream.set_function("batches", lambda: self.consumer.batches)
+        downstream.set_function("work_seconds", lambda: self.consumer.work_s)
         self.metrics.downstream_link_up.set_function(
             lambda: 1 if self.consumer.state is LinkState.UP else 0
         )

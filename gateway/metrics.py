@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from itertools import accumulate
 from typing import Final
 
@@ -169,6 +169,45 @@ class GatewayMetrics:
         self.collector = CollectorStats()
         """The cycle collector's figures, filled in by :class:`gateway.gc_policy.GcPolicy`."""
         r.register(self.collector)
+        self.downstream = ReadCounters(
+            "sync_gateway_downstream_",
+            {
+                "records": "Records stored in the downstream log and handed to the streams.",
+                "batches": "Fetched batches that stored records (records / batches: the batch "
+                "size, which grows as the consumer falls behind).",
+                "work_seconds": "Time the downstream consumer spent storing batches and fanning "
+                "them out; a rate near 1 means the process has no time to spare, and latency "
+                "grows with any backlog.",
+            },
+        )
+        """The downstream consumer's running totals (its ``consumed``, ``batches``, ``work_s``)."""
+        r.register(self.downstream)
+
+
+class ReadCounters(Collector):
+    """Counters read from a callable at scrape time: a flow keeps a plain running total on its
+    hot path (no metrics library call per batch) and the wiring points each counter at it, as
+    ``Gauge.set_function`` does for a gauge. Unset, a counter reads 0."""
+
+    def __init__(self, prefix: str, documentation: Mapping[str, str]) -> None:
+        self._docs = {prefix + name: doc for name, doc in documentation.items()}
+        self._prefix = prefix
+        self._reads: dict[str, Callable[[], float]] = {}
+
+    def set_function(self, name: str, read: Callable[[], float]) -> None:
+        """Counter ``name`` (without the prefix) reads ``read()`` from now on."""
+        full = self._prefix + name
+        if full not in self._docs:
+            raise KeyError(f"no counter {full}")
+        self._reads[full] = read
+
+    def collect(self) -> Iterator[Metric]:
+        for name, documentation in self._docs.items():
+            read = self._reads.get(name)
+            yield CounterMetricFamily(name, documentation, value=read() if read else 0)
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()
 
 
 class CollectorStats(Collector):

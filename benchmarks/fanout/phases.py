@@ -81,6 +81,8 @@ class Live:
     sample: str | None = None
     collector: dict[str, tuple[int, float]] | None = None
     """The gateways' cycle collections in the phase, by generation: count and seconds paused."""
+    consumer: ConsumerTotals | None = None
+    """The gateways' downstream consumers in the phase (busy time, batches, records)."""
 
     @property
     def figures(self) -> Figures:
@@ -92,14 +94,64 @@ Send = Callable[[], Coroutine[Any, Any, tuple[list[int], float]]]
 """Sends a phase's updates: their count per channel and the wall-clock time of the first."""
 
 
-async def collector_totals(urls: list[str]) -> CollectorTotals:
-    """Collections and their pause so far, by generation, summed over the gateways."""
+@dataclass(frozen=True)
+class ConsumerTotals:
+    """The gateways' downstream consumer totals (``sync_gateway_downstream_*``), summed, and
+    when they were read; a difference of two is a phase's."""
+
+    work_s: float = 0.0
+    batches: int = 0
+    records: int = 0
+    at: float = 0.0
+    """``time.monotonic()`` of the reading (of a difference: the seconds between the two)."""
+
+    def __add__(self, other: ConsumerTotals) -> ConsumerTotals:
+        return ConsumerTotals(
+            self.work_s + other.work_s,
+            self.batches + other.batches,
+            self.records + other.records,
+            max(self.at, other.at),
+        )
+
+    def __sub__(self, before: ConsumerTotals) -> ConsumerTotals:
+        return ConsumerTotals(
+            self.work_s - before.work_s,
+            self.batches - before.batches,
+            self.records - before.records,
+            self.at - before.at,
+        )
+
+
+_CONSUMER_FAMILIES = {
+    "sync_gateway_downstream_work_seconds": "work_s",
+    "sync_gateway_downstream_batches": "batches",
+    "sync_gateway_downstream_records": "records",
+}
+
+
+def consumer_totals_of(metrics_text: str, at: float = 0.0) -> ConsumerTotals:
+    """The downstream consumer's totals in one ``GET /metrics`` answer, read at ``at``."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        field = _CONSUMER_FAMILIES.get(family.name)
+        if field is not None:
+            found[field] = sum(x.value for x in family.samples if x.name.endswith("_total"))
+    return ConsumerTotals(
+        found.get("work_s", 0.0), int(found.get("batches", 0)), int(found.get("records", 0)), at
+    )
+
+
+async def server_totals(urls: list[str]) -> tuple[CollectorTotals, ConsumerTotals]:
+    """Collections and their pause so far, by generation, and the downstream consumer's
+    totals, summed over the gateways."""
     totals: CollectorTotals = {}
+    consumer = ConsumerTotals()
     for url in urls:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             text = (await http.get("/metrics")).raise_for_status().text
         totals = collector_delta({}, collector_totals_of(text), totals)
-    return totals
+        consumer += consumer_totals_of(text, time.monotonic())
+    return totals, consumer
 
 
 def collector_totals_of(metrics_text: str) -> CollectorTotals:
@@ -263,7 +315,7 @@ async def gateway_live(
         return produced.per_channel, produced.started
 
     fleet = f" ({len(gateways)} processes)" if len(gateways) > 1 else ""
-    collected = await collector_totals([g.url for g in gateways])
+    collected, consumed = await server_totals([g.url for g in gateways])
     live = await measure(
         f"gateway{fleet}, {shape.connections:,} conns, {rate:,.0f} upd/s in",
         rate,
@@ -274,7 +326,9 @@ async def gateway_live(
         gw_pids,
         {"broker": process_pid(broker)},
     )
-    live.collector = collector_delta(collected, await collector_totals([g.url for g in gateways]))
+    collected_after, consumed_after = await server_totals([g.url for g in gateways])
+    live.collector = collector_delta(collected, collected_after)
+    live.consumer = consumed_after - consumed
     live.connect_s = connect_s
     live.rss_idle, live.rss_connected = rss_idle, rss_connected
     live.rss_peak = await watch.stop()

@@ -9,7 +9,7 @@ import os
 from hdrh.histogram import HdrHistogram
 
 from benchmarks.common import Figures
-from benchmarks.fanout.phases import Live
+from benchmarks.fanout.phases import ConsumerTotals, Live
 from benchmarks.fanout.storm import Storm
 
 GOAL_DELIVERED = 50_000
@@ -101,6 +101,8 @@ def report(
             print(f"    {cpu_text(x)}")
             if x.collector is not None:
                 print(f"    {collector_text(x.collector)}")
+            if x.consumer is not None:
+                print(f"    {consumer_text(x.consumer)}")
     if storm is not None:
         ok = (
             storm.exact == storm.clients
@@ -139,6 +141,16 @@ def collector_text(collector: dict[str, tuple[int, float]]) -> str:
         f"generation {g}: {n:,} ({seconds * 1000:,.0f} ms)" for g, (n, seconds) in collector.items()
     ]
     return "cycle collections in the phase (server), by generation: " + (", ".join(parts) or "none")
+
+
+def consumer_text(phase: ConsumerTotals) -> str:
+    """How busy the gateways' downstream consumers were in a phase, and their batch size."""
+    busy = phase.work_s / phase.at if phase.at > 0 else 0.0
+    per_batch = phase.records / phase.batches if phase.batches else 0.0
+    return (
+        f"downstream consumer (server): storing and fanning out {busy:.0%} of the phase,"
+        f" {phase.records:,} records in {phase.batches:,} batches ({per_batch:,.0f} per batch)"
+    )
 
 
 def client_name(args: argparse.Namespace) -> str:

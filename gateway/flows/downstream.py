@@ -138,6 +138,12 @@ class DownstreamConsumer(SessionLoop):
         """The log's positions as of the last append (where "now" is for a new subscriber)."""
         self.lag: int | None = None
         self.consumed = 0
+        self.batches = 0
+        """Appends that stored records (``consumed / batches``: records per batch)."""
+        self.work_s = 0.0
+        """Time spent storing fetched batches and handing them to the listeners (the streams'
+        fan-out): its rate near 1 s per second means the process has no time to spare, and a
+        backlog, once there, is not worked off."""
         self.unmapped = 0
         """Records of no channel (or that the mapping failed on): not stored, not told."""
         self.resets = 0
@@ -230,7 +236,9 @@ class DownstreamConsumer(SessionLoop):
         while True:
             fetched = await self._source.fetch(self._s.batch_max, self._s.fetch_timeout_s)
             self.lag = fetched.lag
+            started = time.perf_counter()
             await self._append(fetched)
+            self.work_s += time.perf_counter() - started
             now = time.monotonic()
             if fetched.records:
                 last_contact = now
@@ -259,6 +267,7 @@ class DownstreamConsumer(SessionLoop):
         self.consumed += len(fresh)
         if not fresh:
             return
+        self.batches += 1
         for listener in list(self._listeners):
             try:
                 listener.on_records(fresh)

@@ -1,12 +1,20 @@
-"""The fan-out benchmark's reading of the gateway's collector pauses from ``GET /metrics``."""
+"""The fan-out benchmark's reading of the gateway's collector pauses and downstream consumer
+totals from ``GET /metrics``."""
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 from prometheus_client import generate_latest
 
-from benchmarks.fanout.phases import collector_delta, collector_totals_of
-from benchmarks.fanout.report import collector_text
+from benchmarks.fanout.phases import (
+    ConsumerTotals,
+    collector_delta,
+    collector_totals_of,
+    consumer_totals_of,
+)
+from benchmarks.fanout.report import collector_text, consumer_text
 from gateway.metrics import GatewayMetrics
 
 
@@ -28,3 +36,23 @@ def test_pauses_are_read_per_generation_and_differenced() -> None:
     assert phase["2"] == (0, 0.0)
     assert collector_delta({}, phase, phase)["1"][0] == 4  # summed over gateways
     assert "generation 1: 2 (30 ms)" in collector_text(phase)
+
+
+def test_the_consumer_totals_are_read_and_differenced() -> None:
+    metrics = GatewayMetrics()
+    totals = {"records": 100.0, "batches": 2.0, "work_seconds": 0.5}
+    for name in totals:
+        metrics.downstream.set_function(name, functools.partial(totals.__getitem__, name))
+    before = consumer_totals_of(generate_latest(metrics.registry).decode(), at=10.0)
+    totals.update(records=1400.0, batches=12.0, work_seconds=9.7)
+    after = consumer_totals_of(generate_latest(metrics.registry).decode(), at=20.0)
+
+    phase = after - before
+    assert before == ConsumerTotals(0.5, 2, 100, 10.0)
+    assert phase.work_s == pytest.approx(9.2)
+    assert (phase.batches, phase.records, phase.at) == (10, 1300, 10.0)
+    assert (phase + phase).batches == 20  # summed over gateways
+    assert consumer_text(phase) == (
+        "downstream consumer (server): storing and fanning out 92% of the phase,"
+        " 1,300 records in 10 batches (130 per batch)"
+    )

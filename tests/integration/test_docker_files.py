@@ -53,6 +53,7 @@ DASHBOARD_REQUIRED = {
     "sync_gateway_stream_resets",
     "sync_gateway_stream_slow_consumer_closes",
     "sync_gateway_downstream_consumer_lag",
+    "sync_gateway_downstream_work_seconds",
     "sync_gateway_gc_pause_seconds",
 }
 _SAMPLE_SUFFIXES = {

@@ -50,9 +50,11 @@ class Recorder:
     records: list[LogRecord] = field(default_factory=list)
     resets: list[tuple[PartitionKey, KafkaOffset, str]] = field(default_factory=list)
     epochs: list[Epoch] = field(default_factory=list)
+    batches: int = 0
 
     def on_records(self, records: Sequence[LogRecord]) -> None:
         self.records.extend(records)
+        self.batches += 1
 
     def on_reset(self, partition: PartitionKey, offset: KafkaOffset, reason: str) -> None:
         self.resets.append((partition, offset, reason))
@@ -225,6 +227,8 @@ async def test_the_log_holds_exactly_the_committed_records(
     assert status["unmapped"] == 2
     assert status["lag"] == 0
     assert recorder.resets == []
+    assert consumer.batches == recorder.batches >= 1  # the metrics' batch count
+    assert consumer.work_s > 0
 
 
 async def test_broker_and_consumer_restarts_lose_and_repeat_nothing(
