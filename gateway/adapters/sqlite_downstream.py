@@ -13,9 +13,9 @@ while the log is open an :class:`~gateway.adapters.open_marker.OpenMarker` next 
 the boot it was opened in; if the machine stopped with the log open, the next open discards
 the file and the log refills from Kafka (cursors older than it are replayed from Kafka or
 reset, as for any log that does not go back far enough). With ``NORMAL``, each checkpoint's
-syncs stalled the writer's next commits on this machine's ext4: at 1k connections and 50k
-updates/s, p50 54-55 ms and p99 106-179 ms against 34-35 and 78-94 ms with ``OFF`` (the same
-as with the log on tmpfs).
+syncs stalled the writer's next commits on the event loop (ext4): in seven pairs of fan-out
+phases at 1k connections and 50k updates/s, p50 was 17-33 ms lower with ``OFF`` in all seven
+and p99 lower in five (the README has the figures; the log on tmpfs did as well as ``OFF``).
 
 Each new record gets ``seq = max(seq) + 1``, so within a partition ``seq`` grows with the
 offset: a read finds its lower ``seq`` bound from the cursor's offsets with one index seek per
