@@ -57,10 +57,6 @@ class OpenMarker:
         self._path = path
         self._boot_id = boot_id
 
-    @property
-    def path(self) -> Path:
-        return self._path
-
     def left_by_a_stopped_machine(self) -> bool:
         """Whether the marker of an open that was never closed cleanly is there, from another
         boot than this one (or from any boot, where the boot cannot be told)."""

@@ -146,12 +146,6 @@ class _Signer:
         return mac.digest()[:TAG_BYTES]
 
 
-@lru_cache(maxsize=64)
-def _packed_epoch(epoch: Epoch) -> bytes:
-    packed: bytes = msgpack.packb(epoch)
-    return packed
-
-
 class Cursor:
     """An epoch plus the next Kafka offset per (topic, partition); immutable, compared by value.
 
@@ -302,7 +296,7 @@ class Cursor:
 
     def _body(self) -> bytes:
         """msgpack of ``[epoch, [[topic, [partition, offset, ...]], ...]]`` from cached pieces."""
-        pieces = [b"\x92", _packed_epoch(self._epoch), _array_header(len(self._positions))]
+        pieces = [b"\x92", msgpack.packb(self._epoch), _array_header(len(self._positions))]
         for topic, parts in self._positions.items():
             packed = self._packed.get(topic)
             if packed is None:
