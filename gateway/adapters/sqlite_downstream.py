@@ -14,7 +14,7 @@ the boot it was opened in; if the machine stopped with the log open, the next op
 the file and the log refills from Kafka (cursors older than it are replayed from Kafka or
 reset, as for any log that does not go back far enough). With ``NORMAL``, each checkpoint's
 syncs stalled the writer's next commits on the event loop (ext4): in seven pairs of fan-out
-phases at 1k connections and 50k updates/s, p50 was 17-33 ms lower with ``OFF`` in all seven
+phases at 1k connections and 50k updates/s (two on tmpfs), p50 was 17-33 ms lower in all seven
 and p99 lower in five (the README has the figures; the log on tmpfs did as well as ``OFF``).
 
 Each new record gets ``seq = max(seq) + 1``, so within a partition ``seq`` grows with the
