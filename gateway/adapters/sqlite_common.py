@@ -205,7 +205,9 @@ class WalCheckpointer:
     most every ``interval_s`` and never two at once; ``PASSIVE``, so it waits for no reader
     and no writer. A failed one is logged: the WAL only grows until the next succeeds."""
 
-    def __init__(self, path: Path, what: str, interval_s: float = 0.5, *pragmas: str) -> None:
+    def __init__(
+        self, path: Path, what: str, interval_s: float = 0.5, *, pragmas: tuple[str, ...] = ()
+    ) -> None:
         """``pragmas`` for the checkpoints' connection (a checkpoint syncs as it is set to)."""
         self._path = path
         self._pragmas = pragmas

@@ -139,7 +139,7 @@ class SqliteDownstreamLog:
         self._read_lock = asyncio.Lock()
         self._writes = DownstreamWrites(self._families)
         self._checkpoints = WalCheckpointer(
-            path, f"downstream log {path}", checkpoint_interval_s, UNSYNCED
+            path, f"downstream log {path}", checkpoint_interval_s, pragmas=(UNSYNCED,)
         )
         self._marker = OpenMarker(path.with_name(path.name + ".open"), boot_id)
         self._marked = False
