@@ -23,7 +23,7 @@ from typing import Final, NamedTuple
 
 from websockets.frames import Opcode
 
-from gateway.adapters.stream_items import UpdatePieces
+from gateway.adapters.stream_items import CACHE_ENTRIES, UpdatePieces
 from gateway.core.cursor import CursorCodec
 from gateway.core.stream_protocol import Encoding, FrameWriter
 from gateway.flows.subscription import Update
@@ -82,7 +82,8 @@ class EventFrames:
     names its subscription differently, keeping one frame per connection only churned memory
     (it doubled the Python per frame). Entries are keyed by the updates' ``id`` and hold the
     updates, so an id cannot be reused while its entry lives; when full, the cache is cleared
-    (an update is live for one fan-out cycle)."""
+    (an update is live for one fan-out cycle; kept longer, entries fed the cycle collector:
+    :data:`~gateway.adapters.stream_items.CACHE_ENTRIES`)."""
 
     __slots__ = ("_entries", "_ids", "_last", "_max", "_opcode", "_parts", "_piece_of")
 
@@ -90,12 +91,12 @@ class EventFrames:
         self,
         writer: FrameWriter,
         codec: CursorCodec,
-        max_entries: int = 8192,
+        max_entries: int = CACHE_ENTRIES,
         ids_per_update: int = 4,
     ):
         self._parts = writer.events_parts
         self._opcode = TEXT if writer.encoding is Encoding.JSON else BINARY
-        self._piece_of = UpdatePieces(writer, codec).of
+        self._piece_of = UpdatePieces(writer, codec, max_entries).of
         self._entries: dict[object, tuple[object, dict[str, WireFrame]]] = {}
         self._max = max_entries
         self._ids = ids_per_update

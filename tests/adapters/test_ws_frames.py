@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import msgpack
@@ -23,6 +24,7 @@ from gateway.core.cursor import Cursor, CursorCodec
 from gateway.core.ids import Epoch
 from gateway.core.stream_protocol import Encoding, FrameWriter
 from gateway.flows.subscription import Update
+from gateway.gc_policy import GC_THRESHOLDS
 from tests.adapters.test_downstream_log import INV, rec
 
 EPOCH = Epoch("e1")
@@ -121,3 +123,27 @@ def test_frames_of_several_updates_are_shared_per_run_and_sub_id(encoding: Encod
                 assert decoded(frames.of(sub, each), encoding) == expected(sub, each, writer)
     twins = updates(2)  # equal values, other objects: a frame of their own
     assert frames.of("a", twins) is not frames.of("a", batch[:2])
+
+
+def test_the_caches_keep_too_few_objects_to_start_a_young_collection() -> None:
+    """Frames and pieces are needed for one fan-out cycle. Kept longer (8,192 of each), what
+    they hold outlived :data:`GC_THRESHOLDS`' young threshold and the collector ran every
+    fifth of a second at 1k connections (see ``CACHE_ENTRIES``). Either cache at 8,192 fails
+    this."""
+    writer = FrameWriter(Encoding.JSON)
+    frames = EventFrames(writer, CODEC)
+    young_threshold = GC_THRESHOLDS[0]
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        for offset in range(3 * young_threshold):
+            update = Update(rec(INV, 0, offset, CHANNEL), Cursor(EPOCH, {INV: {0: offset + 1}}))
+            for sub in ("a", "b"):
+                frames.of(sub, update)
+                frames.of(sub, [update])
+            del update
+        kept = len(gc.get_objects()) - before
+    finally:
+        gc.enable()
+    assert kept < young_threshold // 2, kept
