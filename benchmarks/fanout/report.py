@@ -130,6 +130,7 @@ def report(
             f" {storm.client_cpu / storm.seconds:.2f} cores, gateway RSS peak"
             f" {mib(storm.rss_peak)}"
         )
+        print(f"    {collector_text(storm.collector)}")
     print(
         f"\n  goal: >= {GOAL_DELIVERED:,} updates/s delivered with p99 < 100 ms"
         " (the product's statement); the figures above are this machine's."

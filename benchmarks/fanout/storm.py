@@ -17,7 +17,15 @@ from hdrh.histogram import HdrHistogram
 
 from benchmarks.common import Figures, new_histogram
 from benchmarks.fanout.clients import Workers
-from benchmarks.fanout.phases import Shape, connect_all, process_pid, ws_url
+from benchmarks.fanout.phases import (
+    CollectorTotals,
+    Shape,
+    collector_delta,
+    connect_all,
+    process_pid,
+    server_totals,
+    ws_url,
+)
 from benchmarks.fanout.processes import RssWatch, cpu_seconds
 from benchmarks.fanout.updates import Updates, produce
 from benchmarks.load import downstream_consumed, wait_quiet
@@ -44,6 +52,8 @@ class Storm:
     client_cpu: float
     gateway_cpu: float
     rss_peak: int
+    collector: CollectorTotals
+    """The gateways' cycle collections during the storm, by generation."""
 
     @property
     def figures(self) -> Figures:
@@ -97,6 +107,7 @@ async def resume_storm(
         consume_s = time.perf_counter() - started
     watch = RssWatch(*gw_pids)
     watch.start()
+    collected, _ = await server_totals([g.url for g in gateways])
     cpu0 = cpu_seconds(*gw_pids)
     started_wall = time.time()
     answers = await workers.all(
@@ -111,6 +122,7 @@ async def resume_storm(
         client=args.client,
     )
     gateway_cpu = cpu_seconds(*gw_pids) - cpu0
+    collected_after, _ = await server_totals([g.url for g in gateways])
     rss_peak = await watch.stop()
     await workers.all("disconnect", 60, timeout_s=30)
     catch_up = new_histogram()
@@ -142,4 +154,5 @@ async def resume_storm(
         client_cpu=sum(a["cpu"] for a in answers),
         gateway_cpu=gateway_cpu,
         rss_peak=rss_peak,
+        collector=collector_delta(collected, collected_after),
     )
