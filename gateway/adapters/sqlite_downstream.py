@@ -149,6 +149,11 @@ class SqliteDownstreamLog:
         return self._path
 
     @property
+    def checkpoints_held_s(self) -> float:
+        """Time the writes waited for a checkpoint to copy the WAL's last frames, in all."""
+        return self._checkpoints.held_s
+
+    @property
     def snapshot_families(self) -> frozenset[str]:
         return self._families
 
@@ -333,11 +338,14 @@ class SqliteDownstreamLog:
         self, work: Callable[[sqlite3.Connection], T], what: str, *, in_thread: bool = False
     ) -> T:
         """``work`` in one write transaction, on the event loop or ``in_thread`` (see
-        SqliteWriter), after any transaction still running on a thread."""
+        SqliteWriter), after any transaction still running on a thread and while no checkpoint
+        holds the writes (see WalCheckpointer)."""
         writer = self._writer
         if writer is None:
             raise StoreUnavailable("downstream log is not open")
-        await writer.idle()
+        while not (writer.is_idle and self._checkpoints.is_writable):  # both, with no await between
+            await writer.idle()
+            await self._checkpoints.writable()
         what = f"downstream log {what}"
         if in_thread:
             result = await writer.transaction_in_thread(work, what)
