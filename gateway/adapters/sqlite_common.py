@@ -217,10 +217,11 @@ class WalCheckpointer:
     frame copied back (and no reader in it). Under a steady load some commit always came while
     a checkpoint ran, so that never happened: the WAL grew by every page of every commit (380
     MB in 30 s of fan-out at 5,000 records/s) and each commit extended the file (new blocks,
-    zeroed: 9% of the event loop's time). So when a checkpoint leaves frames behind, the
-    writes wait (:meth:`writable`) while a second one copies those few (the commits made
-    during the first), and the next commit restarts the WAL. (A checkpoint's own answer does
-    not tell: it counts the frames as they were when it began.)"""
+    zeroed: 9-15% of the event loop's time). So when commits came during a checkpoint, the
+    writes wait (:meth:`writable`) while a second one copies what they wrote (2-3 ms there),
+    and the next commit restarts the WAL. (A checkpoint's own answer does not tell: it counts
+    the frames as they were when it began.) A read in progress on another connection can still
+    keep the WAL from restarting; the next cycle tries again."""
 
     def __init__(
         self, path: Path, what: str, interval_s: float = 0.5, *, pragmas: tuple[str, ...] = ()
