@@ -180,6 +180,7 @@ class Gateway:
         downstream.set_function("records", lambda: self.consumer.consumed)
         downstream.set_function("batches", lambda: self.consumer.batches)
         downstream.set_function("work_seconds", lambda: self.consumer.work_s)
+        downstream.set_function("log_held_seconds", lambda: self.downstream_log.checkpoints_held_s)
         self.metrics.downstream_link_up.set_function(
             lambda: 1 if self.consumer.state is LinkState.UP else 0
         )

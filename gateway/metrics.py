@@ -178,9 +178,12 @@ class GatewayMetrics:
                 "work_seconds": "Time the downstream consumer spent storing batches and fanning "
                 "them out; a rate near 1 means the process has no time to spare, and latency "
                 "grows with any backlog.",
+                "log_held_seconds": "Time the downstream log's writes waited for a WAL "
+                "checkpoint to copy the last commits' pages (so that the WAL starts again).",
             },
         )
-        """The downstream consumer's running totals (its ``consumed``, ``batches``, ``work_s``)."""
+        """The downstream consumer's running totals (its ``consumed``, ``batches``, ``work_s``)
+        and the log's (``checkpoints_held_s``)."""
         r.register(self.downstream)
 
 

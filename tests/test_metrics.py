@@ -39,7 +39,9 @@ def test_the_downstream_consumer_totals_are_exported() -> None:
     metrics.downstream.set_function("records", lambda: 260)
     metrics.downstream.set_function("batches", lambda: 2)
     metrics.downstream.set_function("work_seconds", lambda: 0.04)
+    metrics.downstream.set_function("log_held_seconds", lambda: 0.003)
     values = scrape(metrics.registry)
     assert values["sync_gateway_downstream_records_total"] == 260
     assert values["sync_gateway_downstream_batches_total"] == 2
     assert values["sync_gateway_downstream_work_seconds_total"] == 0.04
+    assert values["sync_gateway_downstream_log_held_seconds_total"] == 0.003
